@@ -1,0 +1,310 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxLogBytes bounds the log text of one task update.
+const maxLogBytes = 1 << 20
+
+// taskUpdate is the body of POST /tasks/{id}/update (spec/manager-v2.md §2.2).
+// The percentages and the index are JSON integers; the Manager rejects floats.
+type taskUpdate struct {
+	TaskStatus                string       `json:"task_status,omitempty"`
+	Activity                  string       `json:"activity"`
+	CurrentCommandIdx         int          `json:"current_command_idx"`
+	TaskProgressPercentage    int          `json:"task_progress_percentage"`
+	CommandProgressPercentage int          `json:"command_progress_percentage"`
+	Log                       string       `json:"log,omitempty"`
+	Metrics                   *taskMetrics `json:"metrics,omitempty"`
+}
+
+// logOnlyUpdate is what a silently aborted task still sends: its log lines.
+type logOnlyUpdate struct {
+	Log string `json:"log"`
+}
+
+type taskMetrics struct {
+	Timing map[string]float64 `json:"timing"`
+}
+
+// outgoing is one update on its way to the durable queue. A nil payload is
+// a marker: done is closed once everything sent before it is committed.
+type outgoing struct {
+	taskID  string
+	payload []byte
+	done    chan struct{}
+}
+
+// reporter batches one task's activity, progress and log lines into task
+// updates the way the Python worker does (spec/python-worker.md §3.4–3.5):
+// a status change goes out at once, activity at most every
+// push_act_max_interval, log lines when more than push_log_max_entries are
+// waiting or push_log_max_interval has passed. Updates leave through out, in
+// order; the channel is bounded, so a stalled queue slows the task down
+// instead of growing memory.
+type reporter struct {
+	taskID      string
+	nCommands   int
+	logMax      int
+	logInterval time.Duration
+	actInterval time.Duration
+	out         chan<- outgoing
+
+	mu       sync.Mutex
+	closed   bool
+	silent   bool // aborted by the Manager: only log lines go out
+	status   string
+	act      taskUpdate // activity, index and percentages
+	timing   map[string]float64
+	logBuf   []byte
+	logLines int
+	lastAct  time.Time
+	lastLog  time.Time
+	actTimer *time.Timer
+	logTimer *time.Timer
+}
+
+func newReporter(taskID string, cfg *Config, out chan<- outgoing) *reporter {
+	now := time.Now()
+	return &reporter{
+		taskID:      taskID,
+		nCommands:   1,
+		logMax:      cfg.PushLogMaxEntries,
+		logInterval: cfg.PushLogMaxInterval,
+		actInterval: cfg.PushActMaxInterval,
+		out:         out,
+		timing:      map[string]float64{},
+		lastAct:     now,
+		lastLog:     now,
+	}
+}
+
+// logTimestamp is the prefix of every log line: RFC 3339 UTC with microseconds.
+const logTimestamp = "2006-01-02T15:04:05.000000+00:00"
+
+// log queues one log line, prefixed with the current UTC time.
+func (r *reporter) log(text string) {
+	r.logAt(time.Now(), text)
+}
+
+func (r *reporter) logf(format string, args ...any) {
+	r.log(fmt.Sprintf(format, args...))
+}
+
+func (r *reporter) logAt(t time.Time, text string) {
+	if len(text) > maxLogBytes/2 {
+		text = fmt.Sprintf("%s… (%d bytes cut)", text[:maxLogBytes/2], len(text)-maxLogBytes/2)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	if len(r.logBuf)+len(text)+40 > maxLogBytes {
+		r.pushLocked()
+	}
+	r.logBuf = t.UTC().AppendFormat(r.logBuf, logTimestamp)
+	r.logBuf = append(r.logBuf, ": "...)
+	r.logBuf = append(r.logBuf, text...)
+	r.logBuf = append(r.logBuf, '\n')
+	r.logLines++
+	switch {
+	case r.logLines > r.logMax:
+		r.pushLocked()
+	case t.Sub(r.lastLog) > r.logInterval:
+		r.pushLocked()
+	case r.logTimer == nil:
+		r.logTimer = time.AfterFunc(r.logInterval, r.delayedPush)
+	}
+}
+
+// setStatus sets the task status; a change is pushed at once.
+func (r *reporter) setStatus(status, activity string) {
+	r.change(func(u *taskUpdate) {
+		if activity != "" {
+			u.Activity = activity
+		}
+	}, status)
+}
+
+// setActivity replaces the activity text.
+func (r *reporter) setActivity(activity string) {
+	r.change(func(u *taskUpdate) { u.Activity = activity }, "")
+}
+
+// commandStarted records that command idx of n begins.
+func (r *reporter) commandStarted(idx int, name string) {
+	r.change(func(u *taskUpdate) {
+		u.Activity = "starting " + name
+		u.CurrentCommandIdx = idx
+		u.CommandProgressPercentage = 0
+		u.TaskProgressPercentage = r.taskPercent(idx, 0)
+	}, "")
+}
+
+// commandFinished records that command idx completed successfully.
+func (r *reporter) commandFinished(idx int, name string) {
+	r.change(func(u *taskUpdate) {
+		u.Activity = "finished " + name
+		u.CurrentCommandIdx = idx
+		u.CommandProgressPercentage = 100
+		u.TaskProgressPercentage = r.taskPercent(idx, 1)
+	}, "")
+}
+
+// progress sets the current command's progress, a fraction from 0 to 1.
+func (r *reporter) progress(frac float64) {
+	frac = min(max(frac, 0), 1)
+	r.change(func(u *taskUpdate) {
+		pct := int(frac * 100)
+		if pct == u.CommandProgressPercentage {
+			return
+		}
+		u.CommandProgressPercentage = pct
+		u.TaskProgressPercentage = r.taskPercent(u.CurrentCommandIdx, frac)
+	}, "")
+}
+
+// taskPercent is (commands done + current fraction) / commands, in percent.
+func (r *reporter) taskPercent(idx int, frac float64) int {
+	return int((float64(idx) + frac) / float64(r.nCommands) * 100)
+}
+
+// addTiming adds a command's timing to the task's aggregate (summing names).
+func (r *reporter) addTiming(t map[string]float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, v := range t {
+		r.timing[k] += v
+	}
+}
+
+// timingJSON renders the aggregate timing for the "Aggregated task timing info" line.
+func (r *reporter) timingJSON() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return timingString(r.timing)
+}
+
+func timingString(t map[string]float64) string {
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		kj, _ := json.Marshal(k)
+		fmt.Fprintf(&b, "%s: %s", kj, pythonFloat(t[k]))
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+func pythonFloat(f float64) string {
+	return pythonNumber(json.Number(fmt.Sprintf("%.6f", f)))
+}
+
+// change applies fn to the activity and pushes per the batching rules.
+func (r *reporter) change(fn func(*taskUpdate), status string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	fn(&r.act)
+	switch {
+	case status != "" && status != r.status:
+		r.status = status
+		r.pushLocked()
+	case time.Since(r.lastAct) > r.actInterval:
+		r.pushLocked()
+	case r.actTimer == nil:
+		r.actTimer = time.AfterFunc(r.actInterval, r.delayedPush)
+	}
+}
+
+// silence stops status and activity from being sent for this task: the
+// Manager took it away, so only log lines may still go out.
+func (r *reporter) silence() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.silent = true
+}
+
+func (r *reporter) delayedPush() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		r.pushLocked()
+	}
+}
+
+// flush pushes whatever is pending.
+func (r *reporter) flush() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed && (r.actTimer != nil || r.logTimer != nil || r.logLines > 0) {
+		r.pushLocked()
+	}
+}
+
+// close flushes and stops the timers; later calls do nothing.
+func (r *reporter) close() {
+	r.flush()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+}
+
+// pushLocked encodes the current state and sends it towards the queue.
+func (r *reporter) pushLocked() {
+	now := time.Now()
+	var logText string
+	if r.logLines > 0 {
+		logText = string(r.logBuf[:len(r.logBuf)-1]) // no trailing newline
+		r.logBuf = r.logBuf[:0]
+		r.logLines = 0
+		r.lastLog = now
+		stopTimer(&r.logTimer)
+	}
+	var body any
+	if r.silent {
+		if logText == "" {
+			return
+		}
+		body = logOnlyUpdate{Log: logText}
+	} else {
+		u := r.act
+		u.TaskStatus = r.status
+		u.Log = logText
+		if len(r.timing) > 0 {
+			u.Metrics = &taskMetrics{Timing: r.timing}
+		}
+		body = u
+		r.lastAct = now
+		stopTimer(&r.actTimer)
+	}
+	payload, err := json.Marshal(body)
+	if err != nil {
+		panic(fmt.Sprintf("encoding a task update: %v", err)) // plain structs cannot fail
+	}
+	r.out <- outgoing{taskID: r.taskID, payload: payload}
+}
+
+func stopTimer(t **time.Timer) {
+	if *t != nil {
+		(*t).Stop()
+		*t = nil
+	}
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+// maxLineBytes is where a subprocess line is split; longer output without a
+// newline arrives as several log lines instead of failing the command.
+const maxLineBytes = 64 << 10
+
+// subprocess runs argv in its own process group with stdin from /dev/null
+// and stdout and stderr merged into one pipe. Every output line is logged as
+// "pid=<pid> > <line>" after onLine (if any) has seen it. Cancelling ctx
+// aborts it: SIGTERM to the group, SIGKILL after the grace period. When the
+// process exits, whatever is left of its group is killed, so no process of
+// a command outlives it.
+func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line string)) error {
+	c.logf("Executing %s", shellJoin(argv))
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("creating output pipe: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = subprocessEnv(os.Environ(), c.env.extraEnv)
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("starting %s: %w", argv[0], err)
+	}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() { // ends when the process has exited and is reaped
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+
+	if err := c.writePIDFile(p.pid); err != nil {
+		p.signalGroup(syscall.SIGKILL)
+		<-p.exited
+		return err
+	}
+	defer c.removePIDFile()
+
+	p.lastOutput.Store(time.Now().UnixNano())
+	readDone := make(chan error, 1)
+	go func() { // ends at EOF on the pipe, or when the pipe is closed
+		readDone <- c.readLines(r, p, onLine)
+	}()
+
+	failure := c.supervise(ctx, p, r, readDone)
+	if failure != nil {
+		return failure
+	}
+	return c.exitError(argv, p)
+}
+
+// proc is a running subprocess.
+type proc struct {
+	cmd        *exec.Cmd
+	pid        int
+	exited     chan struct{}
+	waitErr    error
+	lastOutput atomic.Int64 // unix nanoseconds of the last output read
+}
+
+// signalGroup sends sig to the process group; ESRCH (no such group) is fine.
+func (p *proc) signalGroup(sig syscall.Signal) bool {
+	return syscall.Kill(-p.pid, sig) == nil
+}
+
+// supervise waits until the process has exited and its output is read,
+// aborting it on cancellation or silence. It returns the abort reason, if any.
+func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-chan error) error {
+	var silence <-chan time.Time
+	if c.env.silenceTimeout > 0 {
+		tick := time.NewTicker(min(c.env.silenceTimeout/4, time.Second))
+		defer tick.Stop()
+		silence = tick.C
+	}
+	var reason error
+	for reason == nil {
+		select {
+		case <-p.exited:
+			if p.signalGroup(syscall.SIGKILL) {
+				c.logf("Killed the processes that pid=%d left behind in its process group", p.pid)
+			}
+			c.drain(r, p, readDone)
+			return nil
+		case <-readDone: // the pipe closed; the process exits soon after
+			readDone = nil
+		case <-ctx.Done():
+			reason = ctx.Err()
+		case <-silence:
+			quiet := time.Since(time.Unix(0, p.lastOutput.Load()))
+			if quiet >= c.env.silenceTimeout {
+				reason = fmt.Errorf("command pid=%d produced no output for %d seconds, killed it", p.pid, int(c.env.silenceTimeout.Seconds()))
+			}
+		}
+	}
+	c.terminate(p)
+	c.drain(r, p, readDone)
+	return reason
+}
+
+// terminate stops the process group: SIGTERM, then SIGKILL after the grace period.
+func (c *cmdCtx) terminate(p *proc) {
+	c.logf("TERMinating subprocess pid=%d", p.pid)
+	p.signalGroup(syscall.SIGTERM)
+	grace := time.NewTimer(c.env.killGrace)
+	defer grace.Stop()
+	select {
+	case <-p.exited:
+	case <-grace.C:
+		c.logf("Process pid=%d did not stop in %d seconds, going to KILL it", p.pid, int(c.env.killGrace.Seconds()))
+	}
+	p.signalGroup(syscall.SIGKILL) // also whatever the leader left behind
+	<-p.exited
+}
+
+// drain waits for the reader to reach EOF. A process that left the group
+// could keep the pipe open forever; once nothing has been read for two
+// seconds the read is cut off.
+func (c *cmdCtx) drain(r *os.File, p *proc, readDone <-chan error) {
+	if readDone == nil {
+		return
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-readDone:
+			return
+		case <-tick.C:
+			if time.Since(time.Unix(0, p.lastOutput.Load())) > 2*time.Second {
+				r.SetReadDeadline(time.Now())
+			}
+		}
+	}
+}
+
+// readLines reads the merged output until EOF, line by line.
+func (c *cmdCtx) readLines(r io.Reader, p *proc, onLine func(string)) error {
+	br := bufio.NewReaderSize(r, maxLineBytes)
+	prefix := "pid=" + strconv.Itoa(p.pid) + " > "
+	for {
+		raw, err := br.ReadSlice('\n')
+		if len(raw) > 0 {
+			p.lastOutput.Store(time.Now().UnixNano())
+			line := cleanLine(raw)
+			if onLine != nil {
+				onLine(line)
+			}
+			c.rep.log(prefix + line)
+		}
+		switch {
+		case err == nil, errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF):
+			return nil
+		default:
+			return err
+		}
+	}
+}
+
+// cleanLine strips trailing white space and replaces invalid UTF-8.
+func cleanLine(raw []byte) string {
+	raw = bytes.TrimRight(raw, " \t\r\n\v\f")
+	if utf8.Valid(raw) {
+		return string(raw)
+	}
+	return strings.ToValidUTF8(string(raw), "\uFFFD")
+}
+
+// exitError logs how the process ended and turns a failure into an error.
+func (c *cmdCtx) exitError(argv []string, p *proc) error {
+	ws, _ := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		sig := signalName(ws.Signal())
+		c.logf("Subprocess %s: Process pid=%d terminated due to signal %s", argv[0], p.pid, sig)
+		return fmt.Errorf("subprocess %s (pid=%d) terminated by signal %s", argv[0], p.pid, sig)
+	}
+	code := ws.ExitStatus()
+	c.logf("Subprocess %s: Process pid=%d exited with status code %d", argv[0], p.pid, code)
+	if code != 0 {
+		return fmt.Errorf("command %s (pid=%d) failed with status %d", argv[0], p.pid, code)
+	}
+	return nil
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT",
+	syscall.SIGILL: "SIGILL", syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS",
+	syscall.SIGFPE: "SIGFPE", syscall.SIGKILL: "SIGKILL", syscall.SIGUSR1: "SIGUSR1",
+	syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2", syscall.SIGPIPE: "SIGPIPE",
+	syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM", syscall.SIGXCPU: "SIGXCPU",
+}
+
+// signalName is "SIGTERM (15)", as Python prints it.
+func signalName(s syscall.Signal) string {
+	name, ok := signalNames[s]
+	if !ok {
+		name = s.String()
+	}
+	return fmt.Sprintf("%s (%d)", name, int(s))
+}
+
+// subprocessEnv is the worker's environment without LD_LIBRARY_PATH (the
+// Python worker 2.5 removes it: a Blender build brings its own libraries),
+// with the [environment] section's pairs set on top.
+func subprocessEnv(base, extra []string) []string {
+	env := make([]string, 0, len(base)+len(extra))
+	overridden := map[string]bool{"LD_LIBRARY_PATH": true}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		overridden[k] = true
+	}
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if !overridden[k] {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// checkPIDFile refuses to start a subprocess while the process recorded in
+// subprocess_pid_file is alive, and removes a stale file.
+func (c *cmdCtx) checkPIDFile() error {
+	path := c.env.pidFile
+	if path == "" {
+		c.env.logger.Warn("no subprocess PID file configured; this is not recommended")
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading PID file %s: %w", path, err)
+	}
+	text := strings.TrimSpace(string(data))
+	if text == "" {
+		return fmt.Errorf("empty PID file %s, refusing to create new subprocess just to be sure", path)
+	}
+	pid, err := strconv.Atoi(text)
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("PID file %s holds %q, which is not a process ID", path, text)
+	}
+	if processAlive(pid) {
+		return fmt.Errorf("subprocess from %s is still running: %s", path, describeProcess(pid))
+	}
+	c.env.logger.Warn("removing stale subprocess PID file", "path", path, "pid", pid)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing stale PID file: %w", err)
+	}
+	return nil
+}
+
+// writePIDFile records pid in the PID file, which must not exist yet.
+func (c *cmdCtx) writePIDFile(pid int) error {
+	path := c.env.pidFile
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		old, _ := os.ReadFile(path)
+		c.logf("PID file %s already exists (has pid=%s), killing just-spawned process pid=%d", path, strings.TrimSpace(string(old)), pid)
+		return fmt.Errorf("PID file %s already exists", path)
+	}
+	if err != nil {
+		return fmt.Errorf("creating PID file: %w", err)
+	}
+	_, err = f.WriteString(strconv.Itoa(pid))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing PID file: %w", err)
+	}
+	return nil
+}
+
+func (c *cmdCtx) removePIDFile() {
+	if c.env.pidFile == "" {
+		return
+	}
+	if err := os.Remove(c.env.pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.env.logger.Warn("removing PID file", "path", c.env.pidFile, "err", err)
+	}
+}
+
+// processAlive reports whether a process with this PID exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// describeProcess is "pid=<pid> (<command line>)" where /proc tells it.
+func describeProcess(pid int) string {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(cmdline) == 0 {
+		return fmt.Sprintf("pid=%d", pid)
+	}
+	return fmt.Sprintf("pid=%d (%s)", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")))
+}
