@@ -17,11 +17,3 @@ func cmdBlenderRenderAudio(ctx context.Context, c *cmdCtx, s settings) (func(con
 func cmdExrSequenceToJPEG(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	return nil, errNotImplemented
 }
-
-func cmdMergeProgressiveRenders(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
-}
-
-func cmdMergeProgressiveRenderSequence(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
-}
