@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,6 +69,8 @@ type reporter struct {
 	lastLog  time.Time
 	actTimer *time.Timer
 	logTimer *time.Timer
+
+	pid atomic.Int64 // the running subprocess, for the SIGUSR1 summary and a forced exit
 }
 
 func newReporter(taskID string, cfg *Config, out chan<- outgoing) *reporter {
@@ -307,4 +310,11 @@ func stopTimer(t **time.Timer) {
 		(*t).Stop()
 		*t = nil
 	}
+}
+
+// snapshot is the task's visible state, for the SIGUSR1 summary.
+func (r *reporter) snapshot() (u taskUpdate, pid int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.act, int(r.pid.Load())
 }

@@ -44,6 +44,8 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 		return fmt.Errorf("starting %s: %w", argv[0], err)
 	}
 	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	c.rep.pid.Store(int64(p.pid))
+	defer c.rep.pid.Store(0)
 	go func() { // ends when the process has exited and is reaped
 		p.waitErr = cmd.Wait()
 		close(p.exited)

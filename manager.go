@@ -1,0 +1,444 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxResponseBytes bounds what the worker reads of any Manager response; a
+// task document is a few KiB.
+const maxResponseBytes = 8 << 20
+
+// errForbidden means the Manager refused registration: the registration
+// secret is wrong. Retrying cannot help; the admin must fix the config.
+var errForbidden = errors.New("the Manager refused registration (403): check worker_registration_secret")
+
+// manager is the HTTP client for every Manager route the worker uses
+// (spec/manager-v2.md §1). It is safe for concurrent use.
+type manager struct {
+	base       string // manager_url without trailing slash; a path prefix is kept
+	client     *http.Client
+	userAgent  string
+	logger     *slog.Logger
+	cfg        *Config
+	nickname   string
+	retryDelay time.Duration // between registration/sign-on attempts
+
+	mu     sync.Mutex // guards id, secret and authGen
+	id     string
+	secret string
+	// authGen counts credential changes, so that of several requests that
+	// got a 401 at once only the first signs on again.
+	authGen int
+	authMu  sync.Mutex // one re-authentication at a time
+}
+
+// newManager builds the client. baseURL is the configured or discovered
+// manager_url.
+func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*manager, error) {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 4
+	if cfg.ManagerCAFile != "" {
+		pool, err := certPool(cfg.ManagerCAFile)
+		if err != nil {
+			return nil, err
+		}
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	host, _ := os.Hostname()
+	return &manager{
+		base: strings.TrimRight(baseURL, "/"),
+		client: &http.Client{
+			Transport: transport,
+			Timeout:   30 * time.Second,
+			// The Manager never redirects a worker; following a redirect
+			// would turn a POST into a GET or loop. Report it instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		userAgent:  "Flamenco-Worker/" + version,
+		logger:     logger,
+		cfg:        cfg,
+		nickname:   host,
+		retryDelay: 30 * time.Second,
+		id:         cfg.WorkerID,
+		secret:     cfg.WorkerSecret,
+	}, nil
+}
+
+// certPool is the system roots plus the PEM certificates in file.
+func certPool(file string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("manager_ca_file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("manager_ca_file %s: no PEM certificate found", file)
+	}
+	return pool, nil
+}
+
+// response is a Manager answer: its status and (bounded) body.
+type response struct {
+	status int
+	body   []byte
+}
+
+func (r *response) ok() bool { return r.status >= 200 && r.status < 300 }
+
+// String gives the status and the start of the body, for log lines.
+func (r *response) String() string {
+	body := strings.TrimSpace(string(r.body))
+	if len(body) > 200 {
+		body = body[:200] + "…"
+	}
+	return fmt.Sprintf("%d %s", r.status, body)
+}
+
+// call does an authenticated request. A 401 means the Manager forgot us
+// (its database was reset or the worker was auto-removed): sign on again,
+// which re-registers if needed, and repeat the request once.
+func (m *manager) call(ctx context.Context, method, path string, body any) (*response, error) {
+	gen := m.authGeneration()
+	resp, err := m.do(ctx, method, path, body, true)
+	if err != nil || resp.status != http.StatusUnauthorized || path == "/sign-on" {
+		return resp, err
+	}
+	m.logger.Warn("Manager does not accept our credentials, signing on again", "path", path)
+	if err := m.reauthenticate(ctx, gen); err != nil {
+		return resp, err
+	}
+	return m.do(ctx, method, path, body, true)
+}
+
+// do sends one request. body is JSON-encoded unless it is nil or []byte.
+func (m *manager) do(ctx context.Context, method, path string, body any, auth bool) (*response, error) {
+	var reader io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		reader = bytes.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("encoding %s body: %w", path, err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, m.base+path, reader)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("User-Agent", m.userAgent)
+	if reader != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if auth {
+		id, secret := m.credentials()
+		req.SetBasicAuth(id, secret)
+	} else if path == "/register-worker" && strings.TrimSpace(m.cfg.WorkerRegistrationSecret) != "" {
+		req.Header.Set("Authorization", "Bearer "+registrationToken(m.cfg.WorkerRegistrationSecret, time.Now()))
+	}
+	resp, err := m.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: reading response: %w", method, path, err)
+	}
+	if len(data) > maxResponseBytes {
+		return nil, fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponseBytes)
+	}
+	return &response{status: resp.StatusCode, body: data}, nil
+}
+
+func (m *manager) credentials() (id, secret string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.id, m.secret
+}
+
+func (m *manager) authGeneration() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.authGen
+}
+
+func (m *manager) hasCredentials() bool {
+	id, secret := m.credentials()
+	return id != "" && secret != ""
+}
+
+// reauthenticate signs on again unless another request already did so
+// since generation gen was current.
+func (m *manager) reauthenticate(ctx context.Context, gen int) error {
+	m.authMu.Lock()
+	defer m.authMu.Unlock()
+	if m.authGeneration() != gen {
+		return nil
+	}
+	return m.signOn(ctx)
+}
+
+// startup registers (no credentials yet) or signs on, retrying every
+// retryDelay while the Manager is unreachable or failing.
+func (m *manager) startup(ctx context.Context) error {
+	if !m.hasCredentials() {
+		return m.register(ctx)
+	}
+	return m.signOn(ctx)
+}
+
+// register creates a new worker on the Manager with a fresh secret and
+// stores the credentials in the home config file.
+func (m *manager) register(ctx context.Context) error {
+	secret, err := randomSecret(64)
+	if err != nil {
+		return err
+	}
+	doc := map[string]any{
+		"secret":               secret,
+		"platform":             runtime.GOOS,
+		"supported_task_types": m.cfg.TaskTypes,
+		"nickname":             m.nickname,
+	}
+	resp, err := m.retry(ctx, "register", func() (*response, error) {
+		return m.do(ctx, http.MethodPost, "/register-worker", doc, false)
+	})
+	if err != nil {
+		return err
+	}
+	var worker struct {
+		ID string `json:"_id"`
+	}
+	if err := json.Unmarshal(resp.body, &worker); err != nil || worker.ID == "" {
+		return fmt.Errorf("register: the Manager answered without a worker _id: %s", resp)
+	}
+	m.mu.Lock()
+	m.id, m.secret = worker.ID, secret
+	m.authGen++
+	m.mu.Unlock()
+	m.logger.Info("registered at the Manager", "worker_id", worker.ID)
+	if err := writeCredentials(m.cfg.HomeConfig, worker.ID, secret); err != nil {
+		return fmt.Errorf("register: storing credentials: %w", err)
+	}
+	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig)
+	return nil
+}
+
+// signOn tells the Manager we are here. A 401 means our credentials are
+// unknown: register again, once, and sign on with the new ones.
+func (m *manager) signOn(ctx context.Context) error {
+	doc := map[string]any{"supported_task_types": m.cfg.TaskTypes, "nickname": m.nickname}
+	for attempt := 0; ; attempt++ {
+		resp, err := m.retry(ctx, "sign on", func() (*response, error) {
+			return m.do(ctx, http.MethodPost, "/sign-on", doc, true)
+		})
+		if err == nil {
+			m.mu.Lock()
+			m.authGen++
+			m.mu.Unlock()
+			m.logger.Info("signed on at the Manager", "manager", m.base)
+			return nil
+		}
+		if resp == nil || resp.status != http.StatusUnauthorized {
+			return err
+		}
+		if attempt > 0 {
+			return fmt.Errorf("sign on: credentials refused even after registering again")
+		}
+		m.logger.Warn("Manager did not accept our credentials, going to register again")
+		if err := m.register(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// retry repeats fn every retryDelay while it fails with a network error or
+// a 5xx. A 401 or 403 or another 4xx is returned with the response.
+func (m *manager) retry(ctx context.Context, what string, fn func() (*response, error)) (*response, error) {
+	for {
+		resp, err := fn()
+		switch {
+		case err == nil && resp.ok():
+			return resp, nil
+		case err == nil && resp.status == http.StatusForbidden && what == "register":
+			return resp, errForbidden
+		case err == nil && resp.status < 500:
+			return resp, fmt.Errorf("%s: the Manager answered %s", what, resp)
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+		reason := fmt.Sprint(err)
+		if err == nil {
+			reason = resp.String()
+		}
+		m.logger.Warn("cannot reach the Manager, retrying", "what", what, "err", reason, "retry_in", m.retryDelay)
+		if !sleepCtx(ctx, m.retryDelay) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// randomSecret returns n characters from [A-Za-z0-9], from crypto/rand.
+func randomSecret(n int) (string, error) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	out := make([]byte, 0, n)
+	buf := make([]byte, 1)
+	for len(out) < n {
+		if _, err := rand.Read(buf); err != nil {
+			return "", fmt.Errorf("generating secret: %w", err)
+		}
+		if buf[0] < 248 { // 248 = 4*62: keep the distribution uniform
+			out = append(out, alphabet[int(buf[0])%len(alphabet)])
+		}
+	}
+	return string(out), nil
+}
+
+// registrationToken is the HS256 JWT the Manager wants on /register-worker
+// when it has a worker_registration_secret. iat is a minute in the past, so
+// a worker whose clock runs a little ahead is not refused as "used before
+// issued"; exp is 15 minutes ahead, as in the Python worker.
+func registrationToken(secret string, now time.Time) string {
+	enc := base64.RawURLEncoding
+	header := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+	claims := enc.EncodeToString(fmt.Appendf(nil, `{"exp":%d,"iat":%d}`,
+		now.Add(15*time.Minute).Unix(), now.Add(-time.Minute).Unix()))
+	mac := hmac.New(sha256.New, []byte(strings.TrimSpace(secret)))
+	mac.Write([]byte(header + "." + claims))
+	return header + "." + claims + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// fetchTask asks for work: POST /task.
+func (m *manager) fetchTask(ctx context.Context) (*response, error) {
+	return m.call(ctx, http.MethodPost, "/task", nil)
+}
+
+// mayIRunAnswer is the Manager's MayKeepRunningResponse.
+type mayIRunAnswer struct {
+	MayKeepRunning  *bool  `json:"may_keep_running"`
+	Reason          string `json:"reason"`
+	StatusRequested string `json:"status_requested"`
+}
+
+// mayIRun asks whether the task may keep running. Anything but a 200 with
+// a boolean may_keep_running is an error: the caller asks again later.
+func (m *manager) mayIRun(ctx context.Context, taskID string) (*mayIRunAnswer, error) {
+	resp, err := m.call(ctx, http.MethodGet, "/may-i-run/"+taskID, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.status != http.StatusOK {
+		return nil, fmt.Errorf("may-i-run: the Manager answered %s", resp)
+	}
+	var a mayIRunAnswer
+	if err := json.Unmarshal(resp.body, &a); err != nil || a.MayKeepRunning == nil {
+		return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
+	}
+	return &a, nil
+}
+
+// statusChange polls for a requested status change; "" means none.
+func (m *manager) statusChange(ctx context.Context) (string, error) {
+	resp, err := m.call(ctx, http.MethodGet, "/status-change", nil)
+	if err != nil {
+		return "", err
+	}
+	switch resp.status {
+	case http.StatusNoContent:
+		return "", nil
+	case http.StatusOK:
+		return decodeStatusRequested(resp.body)
+	}
+	return "", fmt.Errorf("status-change: the Manager answered %s", resp)
+}
+
+// decodeStatusRequested reads a WorkerStatus document.
+func decodeStatusRequested(body []byte) (string, error) {
+	var doc struct {
+		StatusRequested string `json:"status_requested"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("decoding status request: %w", err)
+	}
+	if doc.StatusRequested == "" {
+		return "", fmt.Errorf("decoding status request: no status_requested in %q", body)
+	}
+	return doc.StatusRequested, nil
+}
+
+// ackStatusChange acknowledges that the worker is now in status.
+func (m *manager) ackStatusChange(ctx context.Context, status string) error {
+	resp, err := m.call(ctx, http.MethodPost, "/ack-status-change/"+status, nil)
+	if err == nil && !resp.ok() {
+		err = fmt.Errorf("ack-status-change: the Manager answered %s", resp)
+	}
+	return err
+}
+
+// returnTask gives a task back to the Manager's queue.
+func (m *manager) returnTask(ctx context.Context, taskID string) error {
+	resp, err := m.call(ctx, http.MethodPost, "/tasks/"+taskID+"/return", nil)
+	if err == nil && !resp.ok() {
+		err = fmt.Errorf("return task: the Manager answered %s", resp)
+	}
+	return err
+}
+
+// signOff tells the Manager we are going; it re-queues our active task.
+func (m *manager) signOff(ctx context.Context) error {
+	resp, err := m.do(ctx, http.MethodPost, "/sign-off", nil, true)
+	if err == nil && !resp.ok() {
+		err = fmt.Errorf("sign off: the Manager answered %s", resp)
+	}
+	return err
+}
+
+// outputProduced tells the Manager about a new output file.
+func (m *manager) outputProduced(ctx context.Context, paths ...string) error {
+	resp, err := m.call(ctx, http.MethodPost, "/output-produced", map[string][]string{"paths": paths})
+	if err == nil && !resp.ok() {
+		err = fmt.Errorf("output-produced: the Manager answered %s", resp)
+	}
+	return err
+}
+
+// postUpdate sends one queued task update.
+func (m *manager) postUpdate(ctx context.Context, taskID string, payload []byte) (*response, error) {
+	return m.call(ctx, http.MethodPost, "/tasks/"+taskID+"/update", payload)
+}
