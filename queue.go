@@ -181,8 +181,8 @@ type deliverer struct {
 type outcome int
 
 const (
-	delivered outcome = iota // accepted, or refused for good: the row is gone
-	retryLater               // network error, timeout, 5xx: try again after a backoff
+	delivered  outcome = iota // accepted, or refused for good: the row is gone
+	retryLater                // network error, timeout, 5xx: try again after a backoff
 )
 
 // deliverOne sends the oldest row, if any. It reports whether the queue
