@@ -102,6 +102,32 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 // run is the whole program; only main turns its result into an exit.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runTuned(ctx, args, stdout, stderr, defaultTuning())
+}
+
+// tuning holds the worker's fixed delays (spec/python-worker.md §6.10).
+// Only tests change them.
+type tuning struct {
+	intervals
+	registerRetry time.Duration // between registration/sign-on attempts
+	killGrace     time.Duration // SIGTERM → SIGKILL
+	fileWait      time.Duration // grace for a blend file on a slow share
+	outputWindow  time.Duration // /output-produced at most once per window
+	queueBackoff  time.Duration // first retry delay of the update forwarder
+}
+
+func defaultTuning() tuning {
+	return tuning{
+		intervals:     defaultIntervals(),
+		registerRetry: 30 * time.Second,
+		killGrace:     5 * time.Second,
+		fileWait:      5 * time.Second,
+		outputWindow:  30 * time.Second,
+		queueBackoff:  500 * time.Millisecond,
+	}
+}
+
+func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
 	opts, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -126,13 +152,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if opts.runTask != "" {
-		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, logger)
+		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
 	}
 	applyFlags(cfg, opts, logger)
 	if opts.verbose {
 		cfg.writeEffective(stderr)
 	}
-	return serve(ctx, cfg, opts, stderr, logger)
+	return serve(ctx, cfg, opts, tune, stderr, logger)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -193,12 +219,12 @@ func workerVersion() string {
 }
 
 // newRunEnv is what commands get from the configuration.
-func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
+func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
 	return &runEnv{
 		pidFile:        cfg.SubprocessPIDFile,
 		silenceTimeout: cfg.SubprocessTimeout,
-		killGrace:      5 * time.Second,
-		fileWait:       5 * time.Second,
+		killGrace:      tune.killGrace,
+		fileWait:       tune.fileWait,
 		extraEnv:       cfg.Environment,
 		logger:         logger,
 	}
@@ -210,7 +236,7 @@ func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
 const shutdownBudget = 9 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, logger *slog.Logger) int {
+func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid())
 	if cfg.ManagerURL == "" {
 		logger.Error("manager_url is empty; set it in flamenco-worker.cfg (discovery is not available yet)")
@@ -222,14 +248,18 @@ func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, lo
 		return exitFailure
 	}
 	defer q.close()
+	q.minBackoff = tune.queueBackoff
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
 		logger.Error("cannot set up the Manager connection", "err", err)
 		return exitUsage
 	}
 	out := make(chan outgoing, 4)
-	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), out, logger)
+	mgr.retryDelay = tune.registerRetry
+	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
 	w.single = opts.single
+	w.iv = tune.intervals
+	w.outputWindow = tune.outputWindow
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -266,6 +296,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 		w.ack(ctx, "testing")
 	}
 	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.logger)
+	notifier.window = w.outputWindow
 	w.env.output = notifier.notify
 
 	fwdCtx, stopForwarding := context.WithCancel(context.Background())

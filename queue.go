@@ -38,7 +38,7 @@ type queue struct {
 	head    int64         // id of the oldest undelivered row; 0 when unknown
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
-	maxBackoff time.Duration
+	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
 }
 
 // openQueue opens (creating if needed) the queue database.
@@ -49,7 +49,7 @@ func openQueue(path string, logger *slog.Logger) (*queue, error) {
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1) // one writer; also keeps the pragmas on one connection
-	q := &queue{db: db, logger: logger, changed: make(chan struct{}), maxBackoff: time.Minute}
+	q := &queue{db: db, logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
 	if err := q.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)
@@ -234,7 +234,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 			if ctx.Err() != nil {
 				return
 			}
-			backoff = nextBackoff(backoff, q.maxBackoff)
+			backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
 			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
 			sleepCtx(ctx, backoff)
 		default:
@@ -243,10 +243,10 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 	}
 }
 
-// nextBackoff doubles the previous delay (starting at 500 ms) up to limit,
-// with ±20 % jitter so that a farm of workers does not retry in step.
-func nextBackoff(prev, limit time.Duration) time.Duration {
-	next := min(max(2*prev, 500*time.Millisecond), limit)
+// nextBackoff doubles the previous delay (starting at least) up to limit,
+// with ±10 % jitter so that a farm of workers does not retry in step.
+func nextBackoff(prev, least, limit time.Duration) time.Duration {
+	next := min(max(2*prev, least), limit)
 	jitter := time.Duration(rand.Int64N(int64(next)/5+1)) - next/10
 	return next + jitter
 }

@@ -90,15 +90,16 @@ func defaultIntervals() intervals {
 
 // worker runs the fetch-and-execute loop and obeys the Manager.
 type worker struct {
-	cfg      *Config
-	mgr      *manager
-	q        *queue
-	env      *runEnv
-	logger   *slog.Logger
-	out      chan outgoing
-	iv       intervals
-	single   bool // -1: one task, then shut down
-	requests chan string
+	cfg          *Config
+	mgr          *manager
+	q            *queue
+	env          *runEnv
+	logger       *slog.Logger
+	out          chan outgoing
+	iv           intervals
+	single       bool // -1: one task, then shut down
+	outputWindow time.Duration
+	requests     chan string
 
 	mu      sync.Mutex
 	state   string
@@ -245,6 +246,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 	}
 	w.logger.Info("received task", "task_id", t.ID)
 	w.runTask(ctx, t)
+	w.commitPending()
 	if err := w.q.waitDelivered(ctx, w.q.lastID()); err == nil {
 		w.logger.Debug("final update of the task delivered", "task_id", t.ID)
 	}

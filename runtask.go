@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,7 +15,7 @@ import (
 // runTaskFile runs one task from a JSON file (a Manager /task document)
 // locally, with the same runner as under a Manager, and prints its updates
 // to stdout. SIGINT/SIGTERM abort it. It exits 0 if the task completed.
-func runTaskFile(ctx context.Context, cfg *Config, path string, stdout, stderr io.Writer, logger *slog.Logger) int {
+func runTaskFile(ctx context.Context, cfg *Config, path string, stdout, stderr io.Writer, env *runEnv) int {
 	body, err := os.ReadFile(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
@@ -41,7 +40,6 @@ func runTaskFile(ctx context.Context, cfg *Config, path string, stdout, stderr i
 			p.print(o.payload)
 		}
 	}()
-	env := newRunEnv(cfg, logger)
 	env.output = func(path string) { p.line("output produced: " + path) }
 
 	rep := newReporter(t.ID, &local, out)
