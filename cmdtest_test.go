@@ -90,8 +90,10 @@ func collectUpdate(t testing.TB, res *cmdResult, mu *sync.Mutex, payload []byte)
 	defer mu.Unlock()
 	if l, ok := u["log"].(string); ok {
 		for _, line := range strings.Split(l, "\n") {
-			_, text, _ := strings.Cut(line, ": ")
-			res.logs = append(res.logs, text)
+			if logLineRe.MatchString(line) { // continuation lines of a multi-line entry have no timestamp
+				_, line, _ = strings.Cut(line, ": ")
+			}
+			res.logs = append(res.logs, line)
 		}
 	}
 	if a, ok := u["activity"].(string); ok {
