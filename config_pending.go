@@ -35,6 +35,8 @@ func loadConfig(cfgFile, homeDir string, warn func(string)) (*Config, error) {
 			switch k {
 			case "manager_url":
 				c.ManagerURL = v
+			case "worker_registration_secret":
+				c.WorkerRegistrationSecret = v
 			case "worker_id":
 				c.WorkerID = v
 			case "worker_secret":

@@ -480,3 +480,11 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 func taskID(n int) string {
 	return hex.EncodeToString([]byte{0x5e, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x01, 0x23, byte(n)})
 }
+
+// prefixedURL serves the same fake Manager under a path prefix, as behind
+// a reverse proxy at http://host/flamenco/.
+func (fm *fakeManager) prefixedURL(prefix string) string {
+	srv := httptest.NewServer(http.StripPrefix(prefix, http.HandlerFunc(fm.serve)))
+	fm.t.Cleanup(srv.Close)
+	return srv.URL + prefix + "/"
+}

@@ -114,6 +114,7 @@ type tuning struct {
 	fileWait      time.Duration // grace for a blend file on a slow share
 	outputWindow  time.Duration // /output-produced at most once per window
 	queueBackoff  time.Duration // first retry delay of the update forwarder
+	queueMaxWait  time.Duration // longest retry delay of the update forwarder
 }
 
 func defaultTuning() tuning {
@@ -124,6 +125,7 @@ func defaultTuning() tuning {
 		fileWait:      5 * time.Second,
 		outputWindow:  30 * time.Second,
 		queueBackoff:  500 * time.Millisecond,
+		queueMaxWait:  time.Minute,
 	}
 }
 
@@ -248,7 +250,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 		return exitFailure
 	}
 	defer q.close()
-	q.minBackoff = tune.queueBackoff
+	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
 		logger.Error("cannot set up the Manager connection", "err", err)

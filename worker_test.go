@@ -36,6 +36,7 @@ func testTuning() tuning {
 		fileWait:      100 * time.Millisecond,
 		outputWindow:  300 * time.Millisecond,
 		queueBackoff:  20 * time.Millisecond,
+		queueMaxWait:  200 * time.Millisecond,
 	}
 }
 

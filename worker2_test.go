@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestRegistrationSecret(t *testing.T) {
+	t.Run("right secret: Bearer JWT accepted", func(t *testing.T) {
+		f := newFarm(t, "worker_registration_secret = let-me-in")
+		f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
+		p := f.start()
+		waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+		p.stop()
+	})
+	t.Run("wrong secret: clear error, exit 1", func(t *testing.T) {
+		f := newFarm(t, "worker_registration_secret = wrong")
+		f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
+		p := f.start()
+		if code := p.wait(10 * time.Second); code != 1 {
+			t.Errorf("exit code = %d, want 1", code)
+		}
+		if out := p.out.String(); !strings.Contains(out, "worker_registration_secret") {
+			t.Errorf("output does not name worker_registration_secret:\n%s", out)
+		}
+		if f.fm.count("POST /register-worker") != 1 {
+			t.Errorf("registration retried after a 403: %v", f.fm.callPaths())
+		}
+	})
+}
+
+func TestManagerURLPathPrefixIsKept(t *testing.T) {
+	f := newFarm(t, "").registered()
+	url := f.fm.prefixedURL("/flamenco")
+	writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[flamenco-worker]\nmanager_url = "+url+"\n")
+	f.fm.queueTask(taskID(1), echoCmd("behind a proxy"))
+	p := f.start()
+	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+}
+
+func TestManagerForgetsWorkerMidRun(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	// The Manager's database is reset: our credentials are unknown now.
+	f.fm.set(func(fm *fakeManager) { fm.workers = map[string]string{} })
+	f.fm.queueTask(taskID(1), echoCmd("after the reset"))
+	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	if f.fm.count("POST /register-worker") != 1 {
+		t.Errorf("calls = %v, want one re-registration", f.fm.callPaths())
+	}
+}
+
+func TestNoFetchWhileQueueIsFull(t *testing.T) {
+	f := newFarm(t, "push_log_max_entries = 1").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, logALot(30), `{"name": "sleep", "settings": {"time_in_seconds": 60}}`)
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(int, string) int { return http.StatusServiceUnavailable }
+	})
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 10*time.Second, "updates to pile up", func() bool { return len(queuedPayloads(t, db)) > 20 })
+	p.signal(syscall.SIGKILL)
+	p.wait(5 * time.Second)
+
+	// Restarted with more than 10 updates queued and the Manager still refusing them.
+	fetches := f.fm.count("POST /task")
+	p2 := f.start()
+	waitFor(t, 10*time.Second, "the back-pressure message", func() bool {
+		return strings.Contains(p2.out.String(), "task update queue too large")
+	})
+	time.Sleep(300 * time.Millisecond) // several fetch intervals: no fetch may happen
+	if n := f.fm.count("POST /task"); n != fetches {
+		t.Errorf("fetched %d times while more than 10 updates were queued", n-fetches)
+	}
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil })
+	waitFor(t, 10*time.Second, "fetching to resume", func() bool { return f.fm.count("POST /task") > fetches })
+	p2.stop()
+}
+
+func TestSingleTaskMode(t *testing.T) {
+	f := newFarm(t, "").registered()
+	f.fm.queueTask(taskID(1), echoCmd("one"))
+	f.fm.queueTask(taskID(2), echoCmd("two"))
+	p := f.start("--single")
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code = %d, want 0", code)
+	}
+	if f.fm.taskStatus(taskID(1)) != "completed" || f.fm.taskStatus(taskID(2)) != "queued" {
+		t.Errorf("task statuses %s, %s; want completed, queued", f.fm.taskStatus(taskID(1)), f.fm.taskStatus(taskID(2)))
+	}
+	calls := f.fm.callPaths()
+	if calls[len(calls)-1] != "POST /sign-off" {
+		t.Errorf("last call = %s, want POST /sign-off", calls[len(calls)-1])
+	}
+}
+
+func TestGarbageTaskDoesNotCrash(t *testing.T) {
+	f := newFarm(t, "").registered()
+	served := 0
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/task" || served >= 3 {
+				return false
+			}
+			served++
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte([]string{"<html>proxy error</html>", `{"_id": 12}`, `{"commands": "nope"`}[served-1]))
+			return true
+		}
+	})
+	f.fm.queueTask(taskID(1), echoCmd("real task"))
+	p := f.start()
+	waitFor(t, 15*time.Second, "the real task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	if !strings.Contains(p.out.String(), "Manager sent a task we cannot read") {
+		t.Errorf("garbage task not logged")
+	}
+}
+
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	f := newFarm(t, "").registered()
+	// A task whose process ignores SIGTERM: a clean shutdown would wait the grace period.
+	f.fm.queueTask(taskID(1), execCmd(`sh -c 'trap "" TERM; echo started; sleep 60'`))
+	p := f.start()
+	waitFor(t, 10*time.Second, "the task to start", func() bool { return strings.Contains(f.fm.logText(taskID(1)), "> started") })
+	p.signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the shutdown to begin", func() bool { return strings.Contains(p.out.String(), "shutting down cleanly") })
+	start := time.Now()
+	p.signal(syscall.SIGTERM)
+	code := p.wait(5 * time.Second)
+	if code != 1 || time.Since(start) > time.Second {
+		t.Errorf("second SIGTERM: exit %d after %v, want 1 at once", code, time.Since(start))
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	cases := []struct {
+		args     []string
+		code     int
+		inStdout string
+		inStderr string
+	}{
+		{[]string{"--version"}, 0, "", ""},
+		{[]string{"-h"}, 0, "", "--run-task FILE"},
+		{[]string{"--no-such-flag"}, 2, "", "flag provided but not defined"},
+		{[]string{"extra-arg"}, 2, "", "unexpected argument"},
+		{[]string{"--run-task", "examples/hello-task.json"}, 0, "status: completed", ""},
+		{[]string{"--run-task", "testdata/failing-task.json"}, 1, "status: failed", ""},
+		{[]string{"--run-task", "/does/not/exist.json"}, 2, "", "no such file"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			t.Chdir(t.TempDir())
+			for i, a := range c.args {
+				if strings.HasSuffix(a, ".json") && !strings.HasPrefix(a, "/") {
+					c.args[i] = filepath.Join(repoDir(t), a)
+				}
+			}
+			code := runTuned(t.Context(), c.args, &stdout, &stderr, testTuning())
+			if code != c.code {
+				t.Errorf("exit code = %d, want %d; stderr:\n%s", code, c.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), c.inStdout) || !strings.Contains(stderr.String(), c.inStderr) {
+				t.Errorf("stdout:\n%s\nstderr:\n%s\nwant %q / %q", stdout.String(), stderr.String(), c.inStdout, c.inStderr)
+			}
+		})
+	}
+}
+
+// repoDir is the package directory (tests run in it before any Chdir).
+var startDir, _ = os.Getwd()
+
+func repoDir(t *testing.T) string { return startDir }
