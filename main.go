@@ -115,6 +115,7 @@ type tuning struct {
 	outputWindow  time.Duration // /output-produced at most once per window
 	queueBackoff  time.Duration // first retry delay of the update forwarder
 	queueMaxWait  time.Duration // longest retry delay of the update forwarder
+	ssdpTargets   []string      // where discovery searches for the Manager
 }
 
 func defaultTuning() tuning {
@@ -126,6 +127,8 @@ func defaultTuning() tuning {
 		outputWindow:  30 * time.Second,
 		queueBackoff:  500 * time.Millisecond,
 		queueMaxWait:  time.Minute,
+		// IPv4 multicast, and IPv6 site-local, as the Python worker.
+		ssdpTargets: []string{"239.255.255.250:1900", "[ff05::c]:1900"},
 	}
 }
 
@@ -241,8 +244,12 @@ const shutdownBudget = 9 * time.Second
 func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid())
 	if cfg.ManagerURL == "" {
-		logger.Error("manager_url is empty; set it in flamenco-worker.cfg (discovery is not available yet)")
-		return exitUsage
+		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
+		if err != nil {
+			logger.Error("cannot find the Manager", "err", err)
+			return exitFailure
+		}
+		cfg.ManagerURL = found // kept in memory only, as in the Python worker
 	}
 	q, err := openQueue(cfg.TaskUpdateQueueDB, logger)
 	if err != nil {

@@ -37,6 +37,7 @@ func testTuning() tuning {
 		outputWindow:  300 * time.Millisecond,
 		queueBackoff:  20 * time.Millisecond,
 		queueMaxWait:  200 * time.Millisecond,
+		ssdpTargets:   strings.Fields(os.Getenv("FW_TEST_SSDP")),
 	}
 }
 
@@ -46,6 +47,7 @@ type farm struct {
 	fm   *fakeManager
 	dir  string // the worker's working directory: config, queue, PID file
 	home string
+	env  []string // extra environment for the worker process
 }
 
 // newFarm writes ./flamenco-worker.cfg pointing at a new fake Manager, with
@@ -112,6 +114,7 @@ func (f *farm) start(args ...string) *workerProc {
 	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Dir = f.dir
 	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home)
+	p.cmd.Env = append(p.cmd.Env, f.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		f.t.Fatal(err)
