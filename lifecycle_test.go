@@ -1,0 +1,237 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// groupOf waits for a task's "group <pgid>" log line and returns the pgid.
+func groupOf(t *testing.T, fm *fakeManager, id string) int {
+	t.Helper()
+	var pgid int
+	waitFor(t, 15*time.Second, "the subprocess to start", func() bool {
+		m := regexp.MustCompile(`> group (\d+)`).FindStringSubmatch(fm.logText(id))
+		if m != nil {
+			fmt.Sscan(m[1], &pgid)
+		}
+		return pgid > 0
+	})
+	return pgid
+}
+
+// longTask prints its process group, then a line every 50 ms for a minute.
+const longTask = `sh -c 'echo group $$; i=0; while [ $i -lt 1200 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done'`
+
+func TestMayIRunFalseAbortsAndReturnsTask(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(longTask))
+	f.fm.queueTask(taskID(2), echoCmd("next"))
+	garbage := 0
+	f.fm.set(func(fm *fakeManager) {
+		fm.mayIRunHook = func(taskID string) (bool, string) {
+			if taskID == id && garbage < 3 {
+				garbage++ // a proxy's error page, a non-boolean: the poll must survive
+				return true, []string{"<html>502</html>", `{"may_keep_running": "yes"}`, `{}`}[garbage-1]
+			}
+			return true, ""
+		}
+	})
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	waitFor(t, 10*time.Second, "the garbage answers", func() bool { return f.fm.count("GET /may-i-run/"+id) > 4 })
+	f.fm.set(func(fm *fakeManager) {
+		fm.mayIRunHook = func(taskID string) (bool, string) { return taskID != id, "" }
+	})
+	start := time.Now()
+	waitFor(t, 10*time.Second, "the task to be returned", func() bool { return f.fm.count("POST /tasks/"+id+"/return") == 1 })
+	if live := liveGroupMembers(pgid); len(live) > 0 || time.Since(start) > 0200*time.Millisecond+6*time.Second {
+		t.Errorf("after %v, processes %v of the aborted task still alive", time.Since(start), live)
+	}
+	waitFor(t, 10*time.Second, "the next task to complete", func() bool { return f.fm.taskStatus(taskID(2)) == "completed" })
+	p.stop()
+	if got := transitions(f.fm.statuses(id)); got != "active" {
+		t.Errorf("aborted task's statuses = %q, want only active", got)
+	}
+	if !strings.Contains(f.fm.logText(id), "stopped running this task, no longer allowed to run by Manager") {
+		t.Errorf("no 'stopped running' log line")
+	}
+}
+
+func TestConflictOnUpdateAbortsAtOnce(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(longTask))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	start := time.Now()
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(_ int, tid string) int {
+			if tid == id {
+				return http.StatusConflict // assigned to another worker
+			}
+			return 0
+		}
+	})
+	waitFor(t, 5*time.Second, "the abort", func() bool { return strings.Contains(p.out.String(), "aborting the running task") })
+	if live := liveGroupMembers(pgid); len(live) > 0 || time.Since(start) > 2*time.Second+time.Second {
+		t.Errorf("after %v, processes %v still alive", time.Since(start), live)
+	}
+	p.stop()
+	for _, s := range f.fm.statuses(id) {
+		if s != "active" {
+			t.Errorf("status %q sent for a task taken away", s)
+		}
+	}
+}
+
+func TestAsleepAndAwakeFromManager(t *testing.T) {
+	f := newFarm(t, "").registered()
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "asleep" })
+	p := f.start()
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	waitFor(t, 10*time.Second, "status-change polls", func() bool { return f.fm.count("GET /status-change") >= 3 })
+	fetches := f.fm.count("POST /task")
+	if fetches != 1 {
+		t.Errorf("%d task fetches while asleep, want only the one answered 423", fetches)
+	}
+	f.fm.queueTask(taskID(1), echoCmd("good morning"))
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "awake" })
+	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	if f.fm.count("POST /ack-status-change/awake") != 1 {
+		t.Errorf("calls = %v, want one awake ack", f.fm.callPaths())
+	}
+}
+
+func TestAsleepWhileRunningViaMayIRun(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(longTask))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "asleep" }) // immediate: may-i-run says no
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v still alive", live)
+	}
+	if f.fm.count("POST /tasks/"+id+"/return") != 1 {
+		t.Errorf("task not returned: %v", f.fm.callPaths())
+	}
+	p.stop()
+	if got := transitions(f.fm.statuses(id)); got != "active" {
+		t.Errorf("statuses = %q, want only active (silent abort)", got)
+	}
+}
+
+func TestShutdownRequestedByManager(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "shutdown" })
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code = %d, want 0", code)
+	}
+	calls := f.fm.callPaths()
+	if calls[len(calls)-1] != "POST /sign-off" || f.fm.count("POST /ack-status-change/shutdown") != 0 {
+		t.Errorf("calls = %v, want sign-off last and no shutdown ack", calls)
+	}
+}
+
+func TestSleepAndWakeSignals(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	p.signal(syscall.SIGTSTP)
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	fetches := f.fm.count("POST /task")
+	waitFor(t, 5*time.Second, "status-change polls", func() bool { return f.fm.count("GET /status-change") >= 2 })
+	if n := f.fm.count("POST /task"); n != fetches {
+		t.Errorf("%d fetches while asleep", n-fetches)
+	}
+	p.signal(syscall.SIGCONT)
+	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
+	waitFor(t, 5*time.Second, "fetching again", func() bool { return f.fm.count("POST /task") > fetches })
+	p.stop()
+}
+
+func TestPreTaskChecks(t *testing.T) {
+	t.Run("failing check: error state, no fetch", func(t *testing.T) {
+		missing := filepath.Join(t.TempDir(), "not-mounted", "render")
+		f := newFarm(t, "").registered()
+		appendFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[pre_task_check]\nread.0 = "+missing+"\n")
+		p := f.start()
+		waitFor(t, 10*time.Second, "the error ack", func() bool { return f.fm.count("POST /ack-status-change/error") == 1 })
+		if n := f.fm.count("POST /task"); n != 0 {
+			t.Errorf("%d fetches despite a failing pre-task check", n)
+		}
+		if !strings.Contains(p.out.String(), missing) {
+			t.Errorf("log does not name the failing path")
+		}
+		p.stop()
+	})
+	t.Run("write check on a new file leaves nothing behind", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(dir, "probe.txt")
+		existing := filepath.Join(dir, "existing.txt")
+		writeFile(t, existing, "keep me")
+		f := newFarm(t, "").registered()
+		appendFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[pre_task_check]\nwrite.0 = "+target+"\nwrite.1 = "+existing+"\nwrite.2 = "+dir+"\n")
+		p := f.start()
+		waitFor(t, 10*time.Second, "fetches", func() bool { return f.fm.count("POST /task") >= 2 })
+		p.stop()
+		entries, _ := os.ReadDir(dir)
+		if len(entries) != 1 {
+			t.Errorf("directory holds %d entries after write checks, want only existing.txt", len(entries))
+		}
+		if data, _ := os.ReadFile(existing); string(data) != "keep me" {
+			t.Errorf("existing file changed to %q", data)
+		}
+	})
+}
+
+func appendFile(t *testing.T, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString(text)
+}
+
+func TestTestModeAcksTesting(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start("--test")
+	waitFor(t, 10*time.Second, "the testing ack", func() bool { return f.fm.count("POST /ack-status-change/testing") == 1 })
+	p.stop()
+	f.fm.mu.Lock()
+	signOn := f.fm.calls[0].Body
+	f.fm.mu.Unlock()
+	if !strings.Contains(signOn, `"supported_task_types":["test-blender-render"]`) {
+		t.Errorf("sign-on body %s, want only test-blender-render", signOn)
+	}
+}
+
+func TestTaskTimeout(t *testing.T) {
+	f := newFarm(t, "task_timeout_seconds = 0.5").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(longTask))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	waitFor(t, 10*time.Second, "the task to fail", func() bool { return f.fm.taskStatus(id) == "failed" })
+	p.stop()
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v still alive", live)
+	}
+	if !strings.Contains(f.fm.logText(id), "timed out after") {
+		t.Errorf("no timeout message in the task log")
+	}
+}
