@@ -301,6 +301,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 		w.logger.Error("cannot register or sign on at the Manager", "err", err)
 		return exitFailure
 	}
+	sdNotify("READY=1")
 	if opts.test {
 		w.ack(ctx, "testing")
 	}
@@ -310,8 +311,9 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 
 	fwdCtx, stopForwarding := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
-	bg.Go(func() { w.q.forward(fwdCtx, w.deliverer()) }) // ends with fwdCtx
-	bg.Go(func() { notifier.run(ctx) })                  // ends with ctx
+	bg.Go(func() { w.q.forward(fwdCtx, w.deliverer()) })       // ends with fwdCtx
+	bg.Go(func() { notifier.run(ctx) })                        // ends with ctx
+	bg.Go(func() { keepWatchdogFed(ctx, watchdogInterval()) }) // ends with ctx
 	commitDone := make(chan struct{})
 	go func() { // ends when out is closed, below
 		defer close(commitDone)
@@ -319,6 +321,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	}()
 
 	w.loop(ctx)
+	sdNotify("STOPPING=1")
 	deadline := time.Now().Add(shutdownBudget - w.env.killGrace)
 	w.setState(stateShutdown)
 	stop()
