@@ -116,6 +116,7 @@ type tuning struct {
 	queueBackoff  time.Duration // first retry delay of the update forwarder
 	queueMaxWait  time.Duration // longest retry delay of the update forwarder
 	ssdpTargets   []string      // where discovery searches for the Manager
+	httpTimeout   time.Duration // deadline of every request to the Manager
 }
 
 func defaultTuning() tuning {
@@ -129,6 +130,7 @@ func defaultTuning() tuning {
 		queueMaxWait:  time.Minute,
 		// IPv4 multicast, and IPv6 site-local, as the Python worker.
 		ssdpTargets: []string{"239.255.255.250:1900", "[ff05::c]:1900"},
+		httpTimeout: 30 * time.Second,
 	}
 }
 
@@ -265,6 +267,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	}
 	out := make(chan outgoing, 4)
 	mgr.retryDelay = tune.registerRetry
+	mgr.client.Timeout = tune.httpTimeout
 	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
 	w.single = opts.single
 	w.iv = tune.intervals

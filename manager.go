@@ -112,7 +112,10 @@ func (r *response) String() string {
 	if len(body) > 200 {
 		body = body[:200] + "…"
 	}
-	return fmt.Sprintf("%d %s", r.status, body)
+	if body == "" {
+		return fmt.Sprintf("%d %s", r.status, http.StatusText(r.status))
+	}
+	return fmt.Sprintf("%d %s: %s", r.status, http.StatusText(r.status), body)
 }
 
 // call does an authenticated request. A 401 means the Manager forgot us

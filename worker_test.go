@@ -38,6 +38,7 @@ func testTuning() tuning {
 		queueBackoff:  20 * time.Millisecond,
 		queueMaxWait:  200 * time.Millisecond,
 		ssdpTargets:   strings.Fields(os.Getenv("FW_TEST_SSDP")),
+		httpTimeout:   time.Second,
 	}
 }
 

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hostile answers the worker's /task the way broken Managers and proxies do.
+var hostile = []struct {
+	name  string
+	serve func(w http.ResponseWriter, r *http.Request)
+}{
+	{"never answers", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(30 * time.Second):
+		}
+	}},
+	{"a gigabyte body", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		chunk := []byte(strings.Repeat("x", 1<<16))
+		for i := 0; i < (1<<30)/len(chunk); i++ {
+			if _, err := w.Write(chunk); err != nil {
+				return // the worker hung up: good
+			}
+		}
+	}},
+	{"a redirect loop", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, r.URL.Path, http.StatusFound)
+	}},
+	{"HTML instead of JSON", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte("<html><body>502 Bad Gateway</body></html>"))
+	}},
+	{"JSON of the wrong shape", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte(`{"_id": "5e1234567890abcdef0123ff", "commands": {"name": "echo"}}`))
+	}},
+}
+
+func TestHostileManager(t *testing.T) {
+	f := newFarm(t, "").registered()
+	next := 0
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/task" || next >= len(hostile) {
+				return false
+			}
+			next++
+			hostile[next-1].serve(w, r)
+			return true
+		}
+	})
+	f.fm.queueTask(taskID(1), echoCmd("the Manager is back"))
+	p := f.start()
+	waitFor(t, 30*time.Second, "a task after the hostile answers", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	out := p.out.String()
+	for _, want := range []string{"Client.Timeout exceeded", "response larger than", "302 Found", "Manager sent a task we cannot read"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("worker log lacks %q", want)
+		}
+	}
+}
+
+func TestManagerClientBoundsResponses(t *testing.T) {
+	for _, h := range hostile[:3] {
+		t.Run(h.name, func(t *testing.T) {
+			fm := newFakeManager(t)
+			fm.addWorker("5e0000000000000000000abc", "s")
+			fm.set(func(fm *fakeManager) {
+				fm.hijack = func(w http.ResponseWriter, r *http.Request) bool { h.serve(w, r); return true }
+			})
+			cfg := defaultConfig()
+			cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
+			m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
+			m.client.Timeout = 500 * time.Millisecond
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			resp, err := m.fetchTask(t.Context())
+			if err == nil && resp.ok() {
+				t.Errorf("fetchTask = %v, want an error or a non-2xx status", resp)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			if grown := int64(after.TotalAlloc) - int64(before.TotalAlloc); grown > 64<<20 {
+				t.Errorf("allocated %d MiB for one response", grown>>20)
+			}
+		})
+	}
+}
