@@ -259,6 +259,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 		return exitFailure
 	}
 	defer q.close()
+	reapOrphan(cfg.SubprocessPIDFile, logger)
 	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {

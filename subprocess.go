@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -37,7 +38,7 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = subprocessEnv(os.Environ(), c.env.extraEnv)
 	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = childAttrs()
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
@@ -307,10 +308,21 @@ func (c *cmdCtx) removePIDFile() {
 	}
 }
 
-// processAlive reports whether a process with this PID exists.
+// processAlive reports whether a live (not zombie) process has this PID.
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	return (err == nil || errors.Is(err, syscall.EPERM)) && !isZombie(pid)
+}
+
+// isZombie reports whether pid has exited but not been reaped; where /proc
+// cannot tell, it says no.
+func isZombie(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	rest := string(data[strings.LastIndexByte(string(data), ')')+1:])
+	return strings.HasPrefix(strings.TrimSpace(rest), "Z")
 }
 
 // describeProcess is "pid=<pid> (<command line>)" where /proc tells it.
@@ -320,4 +332,29 @@ func describeProcess(pid int) string {
 		return fmt.Sprintf("pid=%d", pid)
 	}
 	return fmt.Sprintf("pid=%d (%s)", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")))
+}
+
+// reapOrphan kills the process group recorded in the PID file when its
+// process outlived the worker that started it (the worker was killed with
+// SIGKILL): otherwise the orphan keeps rendering and the PID file blocks
+// every task. A process still owned by a live worker is left alone.
+func reapOrphan(pidFile string, logger *slog.Logger) {
+	if pidFile == "" {
+		return
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 || !processAlive(pid) || !orphaned(pid) {
+		return
+	}
+	logger.Warn("killing a subprocess left behind by an earlier worker run", "pid", pid, "process", describeProcess(pid), "pid_file", pidFile)
+	syscall.Kill(-pid, syscall.SIGKILL)
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 50 && processAlive(pid) && !isZombie(pid); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	os.Remove(pidFile)
 }

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"net/http"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCrashSafety kills the worker with SIGKILL at random moments while a
+// task floods updates and the Manager flaps. After every kill the queue
+// must be readable, and once the Manager is steady every update that was
+// committed before a kill must arrive, in the order it was queued.
+func TestCrashSafety(t *testing.T) {
+	kills := 8
+	if testing.Short() {
+		kills = 3
+	}
+	f := newFarm(t, "push_log_max_entries = 3").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'i=0; while true; do echo "flood $i"; i=$((i+1)); sleep 0.002; done'`))
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(int, string) int {
+			if rng.IntN(3) == 0 {
+				return http.StatusBadGateway
+			}
+			return 0
+		}
+	})
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	var committed [][]string // what the queue held right after each kill
+	for i := range kills {
+		p := f.start()
+		delay := time.Duration(50+rng.IntN(600)) * time.Millisecond
+		time.Sleep(delay) // the random moment of the crash
+		p.signal(syscall.SIGKILL)
+		p.wait(5 * time.Second)
+		rows := queuedPayloads(t, db)
+		t.Logf("kill %d after %v: %d updates queued", i, delay, len(rows))
+		committed = append(committed, rows)
+	}
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil; fm.mayIRunHook = func(string) (bool, string) { return false, "" } })
+	p := f.start()
+	waitFor(t, 20*time.Second, "the queue to drain", func() bool { return len(queuedPayloads(t, db)) == 0 && f.fm.count("POST /tasks/"+id+"/return") > 0 })
+	p.stop()
+
+	// Each kill's queue must appear, in order, within what the Manager got
+	// (a greedy subsequence match: identical payloads, such as the first
+	// "active" update of each run, may arrive several times).
+	var received []string
+	for _, u := range f.fm.taskUpdates(id) {
+		received = append(received, u.Raw)
+	}
+	for k, rows := range committed {
+		pos := 0
+		for _, payload := range rows {
+			for pos < len(received) && received[pos] != payload {
+				pos++
+			}
+			if pos == len(received) {
+				t.Fatalf("kill %d: a committed update never arrived, or arrived out of order: %.120s", k, payload)
+			}
+			pos++
+		}
+	}
+}
+
+func TestSIGKILLedWorkerLeavesNoRender(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; exec sleep 300'`))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	p.signal(syscall.SIGKILL)
+	p.wait(5 * time.Second)
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v of the task outlived the SIGKILLed worker", live)
+	}
+}
+
+func TestOrphanFromEarlierRunIsReaped(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "sub.pid")
+	// A "render" whose parent is gone, as after a worker killed with SIGKILL.
+	out, err := exec.Command("sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	writeFile(t, pidFile, strconv.Itoa(pid))
+	reapOrphan(pidFile, quietLogger)
+	if processAlive(pid) {
+		t.Errorf("orphan pid %d still alive", pid)
+	}
+	if _, err := os.Stat(pidFile); err == nil {
+		t.Errorf("PID file left behind")
+	}
+
+	// A process owned by a live worker (here: this test binary) is left alone.
+	cmd := exec.Command("sleep", "300")
+	cmd.Start()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	writeFile(t, pidFile, strconv.Itoa(cmd.Process.Pid))
+	reapOrphan(pidFile, quietLogger)
+	if !processAlive(cmd.Process.Pid) {
+		t.Errorf("a live worker's subprocess was killed")
+	}
+}

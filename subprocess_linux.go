@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// childAttrs puts the child in its own process group and asks the kernel
+// to SIGKILL it if the worker dies without cleaning up (kill -9, OOM
+// killer): a render must not outlive the worker that owns it.
+func childAttrs() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// orphaned reports whether pid's parent is no longer a worker: its parent
+// process does not run the same executable as we do.
+func orphaned(pid int) bool {
+	ppid, ok := parentPID(pid)
+	if !ok {
+		return false
+	}
+	self, err1 := os.Readlink("/proc/self/exe")
+	parent, err2 := os.Readlink(fmt.Sprintf("/proc/%d/exe", ppid))
+	if err1 != nil {
+		return false
+	}
+	return err2 != nil || parent != self
+}
+
+// parentPID reads the parent of pid from /proc.
+func parentPID(pid int) (int, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+	rest := string(data[strings.LastIndexByte(string(data), ')')+1:])
+	var state string
+	var ppid int
+	if _, err := fmt.Sscan(rest, &state, &ppid); err != nil {
+		return 0, false
+	}
+	return ppid, true
+}
