@@ -2,12 +2,12 @@ package main
 
 import (
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"net/http"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -46,7 +46,10 @@ func TestCrashSafety(t *testing.T) {
 		t.Logf("kill %d after %v: %d updates queued", i, delay, len(rows))
 		committed = append(committed, rows)
 	}
-	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil; fm.mayIRunHook = func(string) (bool, string) { return false, "" } })
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = nil
+		fm.mayIRunHook = func(string) (bool, string) { return false, "" }
+	})
 	p := f.start()
 	waitFor(t, 20*time.Second, "the queue to drain", func() bool { return len(queuedPayloads(t, db)) == 0 && f.fm.count("POST /tasks/"+id+"/return") > 0 })
 	p.stop()
