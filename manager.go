@@ -369,9 +369,22 @@ func (m *manager) mayIRun(ctx context.Context, taskID string) (*mayIRunAnswer, e
 	if resp.status != http.StatusOK {
 		return nil, fmt.Errorf("may-i-run: the Manager answered %s", resp)
 	}
-	var a mayIRunAnswer
-	if err := json.Unmarshal(resp.body, &a); err != nil || a.MayKeepRunning == nil {
+	a, err := decodeMayIRun(resp.body)
+	if err != nil {
 		return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
+	}
+	return a, nil
+}
+
+// decodeMayIRun reads a MayKeepRunningResponse; may_keep_running must be
+// a boolean.
+func decodeMayIRun(body []byte) (*mayIRunAnswer, error) {
+	var a mayIRunAnswer
+	if err := json.Unmarshal(body, &a); err != nil {
+		return nil, err
+	}
+	if a.MayKeepRunning == nil {
+		return nil, errors.New("no may_keep_running")
 	}
 	return &a, nil
 }
