@@ -43,6 +43,7 @@ type options struct {
 	test       bool
 	single     bool
 	runTask    string
+	check      bool
 }
 
 const usageText = `Usage: flamenco-worker [options]
@@ -61,6 +62,8 @@ Options:
   -1, --single        run one task, then shut down
       --run-task FILE run the task in FILE (Manager JSON) locally and print
                       its updates; exit 0 if it completed, 1 if it failed
+      --check         check the config, the Manager, Blender, FFmpeg and the
+                      pre-task checks; print OK/FAIL per check, exit 0 if all pass
   -h, --help          show this help
 
 Signals: SIGINT/SIGTERM shut down cleanly (a second one exits at once),
@@ -90,6 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fs.BoolVar(b.p, b.long, false, "")
 	}
 	fs.StringVar(&o.runTask, "run-task", "", "")
+	fs.BoolVar(&o.check, "check", false, "")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -162,6 +166,12 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
 	}
 	applyFlags(cfg, opts, logger)
+	if opts.check {
+		if !preflight(ctx, cfg, tune, stdout, logger) {
+			return exitFailure
+		}
+		return exitOK
+	}
 	if opts.verbose {
 		cfg.writeEffective(stderr)
 	}
