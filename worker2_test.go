@@ -214,3 +214,26 @@ func TestPreflightCheck(t *testing.T) {
 		}
 	})
 }
+
+// TestExampleRenderTask runs the README's render example as a user would.
+func TestExampleRenderTask(t *testing.T) {
+	blenderTestExecutable(t)
+	if _, err := os.Stat("/usr/bin/blender"); err != nil {
+		t.Skip("the example uses /usr/bin/blender (Debian's package)")
+	}
+	os.RemoveAll("/tmp/flamenco-example")
+	var stdout, stderr bytes.Buffer
+	t.Chdir(t.TempDir())
+	code := runTuned(t.Context(), []string{"--run-task", filepath.Join(startDir, "examples/render-task.json")}, &stdout, &stderr, testTuning())
+	if code != 0 {
+		t.Fatalf("exit code %d; stdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	for _, frame := range []string{"000001.png", "000002.png", "000003.png"} {
+		if _, err := os.Stat("/tmp/flamenco-example/frames/" + frame); err != nil {
+			t.Errorf("frame %s not rendered: %v", frame, err)
+		}
+		if !strings.Contains(stdout.String(), "output produced: /tmp/flamenco-example/frames/"+frame) {
+			t.Errorf("no output-produced line for %s", frame)
+		}
+	}
+}
