@@ -45,8 +45,9 @@ type outgoing struct {
 // reporter batches one task's activity, progress and log lines into task
 // updates the way the Python worker does (spec/python-worker.md §3.4–3.5):
 // a status change goes out at once, activity at most every
-// push_act_max_interval, log lines when more than push_log_max_entries are
-// waiting or push_log_max_interval has passed. Updates leave through out, in
+// push_act_max_interval, log lines when push_log_max_entries are waiting
+// (the Python worker waited for one more, so its updates could carry one
+// line too many) or push_log_max_interval has passed. Updates leave through out, in
 // order; the channel is bounded, so a stalled queue slows the task down
 // instead of growing memory.
 type reporter struct {
@@ -118,7 +119,7 @@ func (r *reporter) logAt(t time.Time, text string) {
 	r.logBuf = append(r.logBuf, '\n')
 	r.logLines++
 	switch {
-	case r.logLines > r.logMax:
+	case r.logLines >= r.logMax: // never more than push_log_max_entries lines in one update
 		r.pushLocked()
 	case t.Sub(r.lastLog) > r.logInterval:
 		r.pushLocked()

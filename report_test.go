@@ -57,14 +57,15 @@ func TestReporterBatching(t *testing.T) {
 			t.Errorf("more than one delayed push: %v", ups)
 		}
 	})
-	t.Run("more than push_log_max_entries lines push at once", func(t *testing.T) {
-		rep, out := testReporter(2, time.Hour, time.Hour)
+	t.Run("push_log_max_entries lines push at once, never more", func(t *testing.T) {
+		rep, out := testReporter(3, time.Hour, time.Hour)
 		rep.log("a")
 		rep.log("b")
 		if ups := drain(out); len(ups) != 0 {
 			t.Fatalf("pushed at 2 lines: %v", ups)
 		}
 		rep.log("ünits")
+		rep.log("d")
 		ups := drain(out)
 		if len(ups) != 1 {
 			t.Fatalf("want one push at the third line, got %v", ups)
