@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// heapPeak samples the Go heap until stop is closed and returns the peak.
+func heapPeak(stop <-chan struct{}) <-chan uint64 {
+	peak := make(chan uint64, 1)
+	go func() { // ends when stop is closed
+		var peakSoFar uint64
+		var ms runtime.MemStats
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			runtime.ReadMemStats(&ms)
+			peakSoFar = max(peakSoFar, ms.HeapInuse)
+			select {
+			case <-stop:
+				peak <- peakSoFar
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return peak
+}
+
+
+// TestOutputMemoryIsBounded runs subprocesses that print what no render
+// should (millions of lines, one enormous line, binary garbage) through
+// the real path into a queue whose Manager is down, and checks the Go heap
+// stays bounded and the batching limits hold.
+func TestOutputMemoryIsBounded(t *testing.T) {
+	lines := 2_000_000
+	if raceEnabled {
+		lines = 300_000 // the race detector makes each line ~10x slower
+	}
+	cases := []struct{ name, cmd string }{
+		{"many short lines", "yes 'Fra:1 Mem:12.34M (Peak 56.78M) | Time:00:01.23 | Sample 3/4' | head -n " + itoa(lines)},
+		{"one 200 MB line without a newline", "head -c 200000000 /dev/zero | tr '\\0' x"},
+		{"binary garbage", "head -c 50000000 /dev/urandom"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			runtime.GC()
+			q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer q.close()
+			cfg := defaultConfig()
+			out := make(chan outgoing, 4)
+			var maxLog atomic.Int64
+			committed := make(chan outgoing, 4)
+			go func() { // ends when out is closed: measures each update on its way
+				for o := range out {
+					if n := int64(len(o.payload)); n > maxLog.Load() {
+						maxLog.Store(n)
+					}
+					committed <- o
+				}
+				close(committed)
+			}()
+			done := make(chan struct{})
+			go func() { q.commit(context.Background(), committed); close(done) }()
+			rep := newReporter(taskID(1), &cfg, out)
+			c2 := &cmdCtx{name: "exec", taskID: rep.taskID, rep: rep, env: testEnv(), timing: newTiming()}
+			stop := make(chan struct{})
+			peak := heapPeak(stop)
+			err = c2.subprocess(context.Background(), []string{"sh", "-c", c.cmd}, func(string) {})
+			rep.close()
+			close(out)
+			<-done
+			close(stop)
+			p := <-peak
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("heap peak %d MiB, %d updates queued, largest %d KiB", p>>20, q.len(), maxLog.Load()>>10)
+			if p > 96<<20 {
+				t.Errorf("heap peaked at %d MiB", p>>20)
+			}
+			if maxLog.Load() > maxLogBytes+64<<10 {
+				t.Errorf("an update of %d bytes", maxLog.Load())
+			}
+		})
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
