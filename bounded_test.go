@@ -32,7 +32,6 @@ func heapPeak(stop <-chan struct{}) <-chan uint64 {
 	return peak
 }
 
-
 // TestOutputMemoryIsBounded runs subprocesses that print what no render
 // should (millions of lines, one enormous line, binary garbage) through
 // the real path into a queue whose Manager is down, and checks the Go heap
