@@ -235,3 +235,29 @@ func TestTaskTimeout(t *testing.T) {
 		t.Errorf("no timeout message in the task log")
 	}
 }
+
+func TestSIGTSTPWhileRunning(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(longTask))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	p.signal(syscall.SIGTSTP)
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v still alive after going asleep", live)
+	}
+	waitFor(t, 5*time.Second, "the canceled status", func() bool { return f.fm.taskStatus(id) == "canceled" })
+	p.stop()
+}
+
+func TestUnknownStatusRequestMeansAsleep(t *testing.T) {
+	f := newFarm(t, "").registered()
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "sleep" }) // not a status the worker knows
+	p := f.start()
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	p.stop()
+	if !strings.Contains(p.out.String(), "going to sleep instead") {
+		t.Errorf("no warning about the unknown status")
+	}
+}
