@@ -1,7 +1,20 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Config is the worker's effective configuration: built-in defaults, overlaid
@@ -34,6 +47,10 @@ type Config struct {
 
 	// HomeConfig is where registration writes the credentials.
 	HomeConfig string
+
+	// LoadedFiles lists the config files that were read, in layer order, so
+	// the caller can log them as the Python worker does.
+	LoadedFiles []string
 }
 
 // preTaskCheck is one [pre_task_check] entry: a path that must be readable
@@ -56,5 +73,933 @@ func defaultConfig() Config {
 		PushActMaxInterval: 15 * time.Second,
 		SubprocessTimeout:  3600 * time.Second,
 		ErrorRetry:         600 * time.Second,
+	}
+}
+
+const (
+	cwdConfigName   = "flamenco-worker.cfg"
+	homeConfigName  = ".flamenco-worker.cfg"
+	workerSection   = "flamenco-worker"
+	checkSection    = "pre_task_check"
+	envSection      = "environment"
+	defaultSection  = "DEFAULT"
+	hiddenSecret    = "-hidden-"
+	jobTypesKey     = "job_types" // the seed README's name for task_types
+	credIDKey       = "worker_id"
+	credSecretKey   = "worker_secret"
+	builtinFileName = "(built-in defaults)"
+
+	// maxInterpolationDepth is Python configparser's MAX_INTERPOLATION_DEPTH:
+	// a reference loop becomes an error instead of a hang.
+	maxInterpolationDepth = 10
+	// maxInterpolationRefs and maxExpandedLen bound the work for one value,
+	// so that keys referencing each other many times ("billion laughs")
+	// cannot make loading take forever. Real values are far smaller.
+	maxInterpolationRefs = 1000
+	maxExpandedLen       = 64 << 10
+)
+
+// ---------------------------------------------------------------------------
+// INI parsing, with Python configparser's default syntax.
+
+// iniEntry is one "key = value" assignment.
+type iniEntry struct {
+	section string // section name as written in its header
+	key     string // the key's spelling in the assignment that set it last
+	value   string // raw value, continuation lines joined with "\n", before interpolation
+	file    string
+	line    int  // line of the "key = value" line
+	end     int  // last line of the value, continuation lines included
+	seq     int  // order of assignment over all merged files
+	builtin bool // a built-in default, not from any file
+}
+
+// errorf returns an error located at e's file and line.
+func (e *iniEntry) errorf(format string, args ...any) error {
+	return fmt.Errorf("%s:%d: "+format, append([]any{e.file, e.line}, args...)...)
+}
+
+// iniSection holds a section's keys after merging: one entry per
+// lower-cased key, in order of first appearance, the last assignment winning.
+type iniSection struct {
+	name    string
+	file    string // where the section first appeared
+	line    int
+	last    int // in a single parsed file: the last line of its last block
+	entries []*iniEntry
+	index   map[string]*iniEntry
+}
+
+// get returns the section's own entry for key (not DEFAULT's), or nil,
+// also when the section does not exist (s is nil).
+func (s *iniSection) get(key string) *iniEntry {
+	if s == nil {
+		return nil
+	}
+	return s.index[strings.ToLower(key)]
+}
+
+// iniFile is one parsed file, or several merged ones.
+type iniFile struct {
+	sections []*iniSection // in order of first appearance, DEFAULT included
+	byName   map[string]*iniSection
+	raw      []iniEntry // every assignment in file order, duplicates included
+	seq      int
+}
+
+func newINIFile() *iniFile {
+	return &iniFile{byName: map[string]*iniSection{}}
+}
+
+// addSection returns the section called name, creating it if needed.
+// Section names are case-sensitive, as in configparser.
+func (f *iniFile) addSection(name, file string, line int) *iniSection {
+	if s := f.byName[name]; s != nil {
+		return s
+	}
+	s := &iniSection{name: name, file: file, line: line, index: map[string]*iniEntry{}}
+	f.sections = append(f.sections, s)
+	f.byName[name] = s
+	return s
+}
+
+// add records an assignment; a later assignment to the same key replaces
+// the value but keeps the key's position.
+func (f *iniFile) add(e iniEntry) {
+	f.raw = append(f.raw, e)
+	f.seq++
+	e.seq = f.seq
+	s := f.addSection(e.section, e.file, e.line)
+	k := strings.ToLower(e.key)
+	if old := s.index[k]; old != nil {
+		*old = e
+		return
+	}
+	s.entries = append(s.entries, &e)
+	s.index[k] = &e
+}
+
+// merge lays g over f: g's assignments win.
+func (f *iniFile) merge(g *iniFile) {
+	for _, s := range g.sections {
+		f.addSection(s.name, s.file, s.line)
+	}
+	for _, e := range g.raw {
+		f.add(e)
+	}
+}
+
+// lookup finds key in section, then in DEFAULT, as configparser does.
+func (f *iniFile) lookup(section, key string) *iniEntry {
+	s := f.byName[section]
+	if s == nil && section != defaultSection {
+		return nil
+	}
+	if e := s.get(key); e != nil {
+		return e
+	}
+	return f.byName[defaultSection].get(key)
+}
+
+// iniParser holds the state of parseINI between lines.
+type iniParser struct {
+	f      *iniFile
+	name   string
+	sect   *iniSection // nil before the first section header
+	cur    *iniEntry   // the assignment continuation lines would extend
+	parts  []string    // value lines of cur
+	indent int         // indentation of cur's key line
+}
+
+// parseINI reads an INI file the way Python's configparser does by default:
+// "key = value" or "key: value", full-line "#" and ";" comments (no inline
+// comments), indented continuation lines, case-insensitive keys. Duplicate
+// sections and keys are merged, the last value winning. Values are kept raw;
+// interpolation happens on lookup (see expand). name is used in errors.
+func parseINI(r io.Reader, name string) (*iniFile, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	p := &iniParser{f: newINIFile(), name: name}
+	text := strings.TrimPrefix(string(data), "\ufeff")
+	for i, line := range strings.Split(text, "\n") {
+		if err := p.line(i+1, strings.TrimSuffix(line, "\r")); err != nil {
+			return nil, err
+		}
+	}
+	p.flush()
+	return p.f, nil
+}
+
+func (p *iniParser) errorf(n int, format string, args ...any) error {
+	return fmt.Errorf("%s:%d: "+format, append([]any{p.name, n}, args...)...)
+}
+
+func (p *iniParser) line(n int, line string) error {
+	if !utf8.ValidString(line) {
+		return p.errorf(n, "line is not valid UTF-8")
+	}
+	text := strings.TrimSpace(line)
+	switch {
+	case text == "":
+		// Blank lines belong to a multi-line value if one follows; trailing
+		// ones are trimmed in flush.
+		if p.cur != nil {
+			p.parts = append(p.parts, "")
+		}
+		return nil
+	case text[0] == '#' || text[0] == ';':
+		return nil
+	}
+	indent := len(line) - len(strings.TrimLeftFunc(line, unicode.IsSpace))
+	if p.cur != nil && indent > p.indent {
+		p.parts = append(p.parts, text)
+		p.cur.end = n
+		return nil
+	}
+	p.flush()
+	if text[0] == '[' {
+		return p.header(n, text)
+	}
+	return p.assignment(n, text, indent)
+}
+
+func (p *iniParser) header(n int, text string) error {
+	end := strings.IndexByte(text, ']')
+	if end < 0 {
+		return p.errorf(n, "section header %s has no closing ]", clip(text))
+	}
+	if rest := strings.TrimSpace(text[end+1:]); rest != "" && rest[0] != '#' && rest[0] != ';' {
+		return p.errorf(n, "unexpected %s after section header", clip(rest))
+	}
+	name := strings.TrimSpace(text[1:end])
+	if name == "" {
+		return p.errorf(n, "empty section name")
+	}
+	p.sect = p.f.addSection(name, p.name, n)
+	p.sect.last = n
+	return nil
+}
+
+func (p *iniParser) assignment(n int, text string, indent int) error {
+	if p.sect == nil {
+		return p.errorf(n, "%s is outside any section; put a [section] header above it", clip(text))
+	}
+	i := strings.IndexAny(text, "=:")
+	if i < 0 {
+		return p.errorf(n, "expected \"key = value\", not %s", clip(text))
+	}
+	key := strings.TrimSpace(text[:i])
+	if key == "" {
+		return p.errorf(n, "missing key before %q", text[i])
+	}
+	p.cur = &iniEntry{section: p.sect.name, key: key, file: p.name, line: n, end: n}
+	p.parts = []string{strings.TrimSpace(text[i+1:])}
+	p.indent = indent
+	return nil
+}
+
+// flush stores the assignment being read, if any.
+func (p *iniParser) flush() {
+	if p.cur == nil {
+		return
+	}
+	p.cur.value = strings.TrimRightFunc(strings.Join(p.parts, "\n"), unicode.IsSpace)
+	p.f.add(*p.cur)
+	p.sect.last = p.cur.end
+	p.cur, p.parts = nil, nil
+}
+
+// clip quotes s for an error message, shortened if long.
+func clip(s string) string {
+	const limit = 60
+	if len(s) > limit {
+		cut := limit
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// expander expands the ${...} references of one value.
+type expander struct {
+	f    *iniFile
+	b    strings.Builder
+	refs int
+}
+
+// expand returns e's value with ExtendedInterpolation applied: ${key} is
+// looked up in section (then DEFAULT), ${sect:key} in sect, and $$ is a
+// literal $. section is the section the value is read for, which differs
+// from e.section when e comes from DEFAULT.
+func (f *iniFile) expand(section string, e *iniEntry) (string, error) {
+	x := &expander{f: f}
+	if err := x.expand(section, e, e.value, 1); err != nil {
+		return "", err
+	}
+	return x.b.String(), nil
+}
+
+func (x *expander) expand(section string, e *iniEntry, rest string, depth int) error {
+	if depth > maxInterpolationDepth {
+		return e.errorf("%s: more than %d levels of ${...} references (a reference loop?)", e.key, maxInterpolationDepth)
+	}
+	for {
+		i := strings.IndexByte(rest, '$')
+		if i < 0 {
+			return x.write(e, rest)
+		}
+		if err := x.write(e, rest[:i]); err != nil {
+			return err
+		}
+		rest = rest[i:]
+		switch {
+		case strings.HasPrefix(rest, "$$"):
+			if err := x.write(e, "$"); err != nil {
+				return err
+			}
+			rest = rest[2:]
+		case strings.HasPrefix(rest, "${"):
+			end := strings.IndexByte(rest, '}')
+			if end < 3 {
+				return e.errorf("%s: bad reference %s: want ${key} or ${section:key}", e.key, clip(rest))
+			}
+			if err := x.reference(section, e, rest[2:end], depth); err != nil {
+				return err
+			}
+			rest = rest[end+1:]
+		default:
+			return e.errorf("%s: '$' must be followed by '$' or '{', found %s (write $$ for a literal $)", e.key, clip(rest))
+		}
+	}
+}
+
+// write adds text from e's value to the result.
+func (x *expander) write(e *iniEntry, text string) error {
+	if x.b.Len()+len(text) > maxExpandedLen {
+		return e.errorf("%s: ${...} references expand to more than %d bytes", e.key, maxExpandedLen)
+	}
+	x.b.WriteString(text)
+	return nil
+}
+
+// reference expands one ${ref} found in e's value.
+func (x *expander) reference(section string, e *iniEntry, ref string, depth int) error {
+	x.refs++
+	if x.refs > maxInterpolationRefs {
+		return e.errorf("%s: more than %d ${...} references", e.key, maxInterpolationRefs)
+	}
+	sect, key := section, ref
+	if parts := strings.Split(ref, ":"); len(parts) > 2 {
+		return e.errorf("%s: more than one ':' in ${%s}", e.key, ref)
+	} else if len(parts) == 2 {
+		sect, key = parts[0], parts[1]
+	}
+	target := x.f.lookup(sect, key)
+	if target == nil {
+		return e.errorf("%s: ${%s} refers to a missing key", e.key, ref)
+	}
+	if !strings.Contains(target.value, "$") {
+		return x.write(e, target.value) // as configparser, which counts depth only for values it must expand
+	}
+	return x.expand(sect, target, target.value, depth+1)
+}
+
+// ---------------------------------------------------------------------------
+// Config keys.
+
+// configKey describes one [flamenco-worker] key.
+type configKey struct {
+	name   string
+	field  func(c *Config) any // pointer to the Config field
+	zeroOK bool                // numbers: whether 0 is allowed (negative never is)
+	check  func(string) error  // strings: extra validation
+	secret bool                // hidden in writeEffective
+}
+
+// configKeys lists the [flamenco-worker] keys in the order the Python worker
+// documents them, then ours.
+func configKeys() []configKey {
+	return []configKey{
+		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURL},
+		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
+		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
+		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
+		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }},
+		{name: credIDKey, field: func(c *Config) any { return &c.WorkerID }},
+		{name: credSecretKey, field: func(c *Config) any { return &c.WorkerSecret }, secret: true},
+		{name: "worker_registration_secret", field: func(c *Config) any { return &c.WorkerRegistrationSecret }, secret: true},
+		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true},
+		{name: "push_log_max_entries", field: func(c *Config) any { return &c.PushLogMaxEntries }, zeroOK: true},
+		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true},
+		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true},
+		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true},
+		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }},
+		{name: "manager_ca_file", field: func(c *Config) any { return &c.ManagerCAFile }},
+	}
+}
+
+// isConfigKey reports whether key (lower-cased) belongs in [flamenco-worker].
+func isConfigKey(key string) bool {
+	if key == jobTypesKey {
+		return true
+	}
+	for _, k := range configKeys() {
+		if k.name == key {
+			return true
+		}
+	}
+	return false
+}
+
+// set parses v into the key's Config field.
+func (k configKey) set(c *Config, v string) error {
+	switch p := k.field(c).(type) {
+	case *string:
+		if k.check != nil {
+			if err := k.check(v); err != nil {
+				return err
+			}
+		}
+		*p = v
+	case *[]string:
+		types := strings.Fields(v)
+		if len(types) == 0 {
+			return errors.New("must list at least one task type")
+		}
+		*p = types
+	case *int:
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%s is not a whole number", clip(v))
+		}
+		if n < 0 {
+			return fmt.Errorf("must not be negative, not %d", n)
+		}
+		*p = n
+	case *time.Duration:
+		d, err := parseSeconds(v, k.zeroOK)
+		if err != nil {
+			return err
+		}
+		*p = d
+	}
+	return nil
+}
+
+// format renders the key's Config field as it would be written in the file.
+func (k configKey) format(c *Config) string {
+	switch p := k.field(c).(type) {
+	case *string:
+		return *p
+	case *[]string:
+		return strings.Join(*p, " ")
+	case *int:
+		return strconv.Itoa(*p)
+	case *time.Duration:
+		return strconv.FormatFloat(p.Seconds(), 'f', -1, 64)
+	}
+	return ""
+}
+
+// parseSeconds parses a number of seconds as the Python worker does (a
+// float), refusing what would make an interval meaningless.
+func parseSeconds(v string, zeroOK bool) (time.Duration, error) {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%s is not a number of seconds", clip(v))
+	}
+	if f < 0 {
+		return 0, fmt.Errorf("must not be negative, not %s", v)
+	}
+	if f > float64(math.MaxInt64)/float64(time.Second) {
+		return 0, fmt.Errorf("%s seconds is too long", v)
+	}
+	d := time.Duration(f * float64(time.Second))
+	if d == 0 && !zeroOK {
+		return 0, fmt.Errorf("must be more than 0, not %s", v)
+	}
+	return d, nil
+}
+
+func checkNotEmpty(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	return nil
+}
+
+// checkManagerURL validates a non-empty manager_url like the Python worker's
+// check_config; an empty one means SSDP discovery and is fine.
+func checkManagerURL(v string) error {
+	if v == "" {
+		return nil
+	}
+	if v[0] == '\'' || v[0] == '"' {
+		return fmt.Errorf("should not be quoted: %s", v)
+	}
+	const example = "(so https://something/ or http://something/)"
+	scheme, _, ok := strings.Cut(v, "://")
+	if !ok {
+		return fmt.Errorf("should be a URL %s, not %s", example, v)
+	}
+	if s := strings.ToLower(scheme); s != "http" && s != "https" {
+		return fmt.Errorf("should be an http or https URL %s, not %s", example, v)
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return fmt.Errorf("is not a valid URL: %w", err)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("has no host name: %s", v)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Loading the layers.
+
+// configFile is one layer: a path and whether it must exist.
+type configFile struct {
+	path     string
+	required bool
+}
+
+// loadConfig builds the effective config: defaults < ./flamenco-worker.cfg
+// (or cfgFile, which must exist) < <homeDir>/.flamenco-worker.cfg. Both
+// default files are optional. An empty homeDir means no home file (and no
+// place to store credentials). Unknown sections and keys are reported
+// through warn (which may be nil) and otherwise ignored.
+func loadConfig(cfgFile, homeDir string, warn func(string)) (*Config, error) {
+	files := []configFile{{path: cwdConfigName}}
+	if cfgFile != "" {
+		files[0] = configFile{path: cfgFile, required: true}
+	}
+	home := ""
+	if homeDir != "" {
+		home = filepath.Join(homeDir, homeConfigName)
+		files = append(files, configFile{path: home})
+	}
+	return loadConfigFiles(files, home, warn)
+}
+
+// loadConfigFiles lays files over the defaults, in order.
+func loadConfigFiles(files []configFile, home string, warn func(string)) (*Config, error) {
+	if warn == nil {
+		warn = func(string) {}
+	}
+	merged := builtinINI()
+	var loaded []string
+	for _, cf := range files {
+		f, err := readINIFile(cf)
+		if err != nil {
+			return nil, err
+		}
+		if f == nil {
+			continue
+		}
+		warnUnknown(f, warn)
+		merged.merge(f)
+		loaded = append(loaded, cf.path)
+	}
+	cfg := defaultConfig()
+	cfg.HomeConfig = home
+	cfg.LoadedFiles = loaded
+	if err := cfg.apply(merged); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// readINIFile parses one layer; it returns nil for a missing optional file.
+func readINIFile(cf configFile) (*iniFile, error) {
+	fh, err := os.Open(cf.path)
+	if errors.Is(err, fs.ErrNotExist) && !cf.required {
+		return nil, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("config file %s does not exist", cf.path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	defer fh.Close()
+	return parseINI(fh, cf.path)
+}
+
+// builtinINI holds the defaults as INI values, so that ${key} references to
+// keys no file sets resolve as in Python, where the defaults are read into
+// the same parser.
+func builtinINI() *iniFile {
+	f := newINIFile()
+	def := defaultConfig()
+	for _, k := range configKeys() {
+		f.add(iniEntry{section: workerSection, key: k.name, value: escapeINI(k.format(&def)), file: builtinFileName, builtin: true})
+	}
+	return f
+}
+
+// warnUnknown reports sections and [flamenco-worker] keys that this worker
+// does not use; they are ignored, never fatal.
+func warnUnknown(f *iniFile, warn func(string)) {
+	for _, s := range f.sections {
+		if !knownSection(s.name) {
+			warn(fmt.Sprintf("%s:%d: unknown section [%s] ignored", s.file, s.line, s.name))
+		}
+	}
+	for _, e := range f.raw {
+		if e.section == workerSection && !isConfigKey(strings.ToLower(e.key)) {
+			warn(fmt.Sprintf("%s:%d: unknown key %q in [%s] ignored", e.file, e.line, e.key, workerSection))
+		}
+	}
+}
+
+// knownSection reports whether a section is used, or is one of the Python
+// logging sections that we accept so old files keep working.
+func knownSection(name string) bool {
+	switch name {
+	case workerSection, checkSection, envSection, defaultSection, "loggers", "handlers", "formatters":
+		return true
+	}
+	for _, prefix := range []string{"logger_", "handler_", "formatter_"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// apply sets c from the merged files.
+func (c *Config) apply(f *iniFile) error {
+	if err := c.applyWorker(f); err != nil {
+		return err
+	}
+	if err := c.applyPreTaskChecks(f); err != nil {
+		return err
+	}
+	return c.applyEnvironment(f)
+}
+
+func (c *Config) applyWorker(f *iniFile) error {
+	sec := f.byName[workerSection]
+	for _, k := range configKeys() {
+		e := sec.get(k.name)
+		if alias := sec.get(jobTypesKey); k.name == "task_types" && alias != nil && alias.seq > e.seq {
+			e = alias
+		}
+		if e.builtin {
+			continue
+		}
+		v, err := f.expand(workerSection, e)
+		if err != nil {
+			return err
+		}
+		if err := k.set(c, v); err != nil {
+			return e.errorf("%s: %w", e.key, err)
+		}
+	}
+	return nil
+}
+
+// applyPreTaskChecks reads [pre_task_check]: read checks first, then write
+// checks, each in file order, with absolute paths. Only the section's own
+// keys count, not DEFAULT's.
+func (c *Config) applyPreTaskChecks(f *iniFile) error {
+	sec := f.byName[checkSection]
+	if sec == nil {
+		return nil
+	}
+	var reads, writes []preTaskCheck
+	for _, e := range sec.entries {
+		v, err := f.expand(checkSection, e)
+		if err != nil {
+			return err
+		}
+		key := strings.ToLower(e.key)
+		write := strings.HasPrefix(key, "write")
+		if !write && !strings.HasPrefix(key, "read") {
+			return e.errorf("[%s] key %q should start with \"read\" or \"write\"", checkSection, e.key)
+		}
+		if v == "" {
+			return e.errorf("[%s] %s: empty path", checkSection, e.key)
+		}
+		chk := preTaskCheck{Key: e.key, Write: write, Path: absPath(v)}
+		if write {
+			writes = append(writes, chk)
+		} else {
+			reads = append(reads, chk)
+		}
+	}
+	c.PreTaskChecks = append(reads, writes...)
+	return nil
+}
+
+// applyEnvironment reads [environment], keeping the keys' spelling since
+// environment variable names are case-sensitive.
+func (c *Config) applyEnvironment(f *iniFile) error {
+	sec := f.byName[envSection]
+	if sec == nil {
+		return nil
+	}
+	for _, e := range sec.entries {
+		v, err := f.expand(envSection, e)
+		if err != nil {
+			return err
+		}
+		if strings.ContainsFunc(e.key, func(r rune) bool { return unicode.IsSpace(r) || r == 0 }) {
+			return e.errorf("[%s] %q is not a valid environment variable name", envSection, e.key)
+		}
+		if strings.ContainsRune(v, 0) {
+			return e.errorf("[%s] %s: value contains a NUL character", envSection, e.key)
+		}
+		c.Environment = append(c.Environment, e.key+"="+v)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Writing.
+
+// writeEffective writes the effective config in INI form (for --verbose),
+// with the secrets shown as "-hidden-".
+func (c *Config) writeEffective(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("[" + workerSection + "]\n")
+	for _, k := range configKeys() {
+		v := k.format(c)
+		if k.secret && v != "" {
+			v = hiddenSecret
+		}
+		writeINILine(&b, k.name, v)
+	}
+	if len(c.PreTaskChecks) > 0 {
+		b.WriteString("\n[" + checkSection + "]\n")
+		for _, chk := range c.PreTaskChecks {
+			writeINILine(&b, chk.Key, chk.Path)
+		}
+	}
+	if len(c.Environment) > 0 {
+		b.WriteString("\n[" + envSection + "]\n")
+		for _, kv := range c.Environment {
+			k, v, _ := strings.Cut(kv, "=")
+			writeINILine(&b, k, v)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeINILine writes "key = value" so that parseINI reads value back.
+func writeINILine(b *strings.Builder, key, value string) {
+	b.WriteString(key)
+	if value == "" {
+		b.WriteString(" =\n")
+		return
+	}
+	b.WriteString(" = ")
+	b.WriteString(strings.ReplaceAll(escapeINI(value), "\n", "\n\t"))
+	b.WriteByte('\n')
+}
+
+// escapeINI protects a literal value from interpolation.
+func escapeINI(v string) string {
+	return strings.ReplaceAll(v, "$", "$$")
+}
+
+// writeCredentials stores worker_id and worker_secret in [flamenco-worker]
+// of homeFile, creating it if needed. Unlike the Python worker it keeps the
+// file's comments and layout: only the credential lines change, or are
+// added to the section. The file is replaced atomically, with mode 0600.
+func writeCredentials(homeFile, workerID, secret string) error {
+	if homeFile == "" {
+		return errors.New("storing credentials: no home config file (is $HOME set?)")
+	}
+	for _, v := range []string{workerID, secret} {
+		if strings.ContainsAny(v, "\r\n\x00") || v != strings.TrimSpace(v) {
+			return errors.New("storing credentials: worker ID or secret has line breaks or surrounding spaces")
+		}
+	}
+	path := homeFile
+	if real, err := filepath.EvalSymlinks(homeFile); err == nil {
+		path = real // keep a symlinked dotfile a symlink
+	}
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("storing credentials: %w", err)
+	}
+	text, err := setCredentials(string(old), homeFile, workerID, secret)
+	if err != nil {
+		return fmt.Errorf("storing credentials: %w", err)
+	}
+	if err := writeFileAtomic(path, []byte(text)); err != nil {
+		return fmt.Errorf("storing credentials: %w", err)
+	}
+	return nil
+}
+
+// setCredentials returns text with the credentials set. It rewrites existing
+// credential lines in place and adds missing ones after the last line of the
+// [flamenco-worker] section. Should that change how the rest of the file
+// parses (an oddly indented line after it), the missing ones go into a new
+// [flamenco-worker] section at the end instead.
+func setCredentials(text, name, workerID, secret string) (string, error) {
+	f, err := parseINI(strings.NewReader(text), name)
+	if err != nil {
+		return "", fmt.Errorf("not changing a file that does not parse: %w", err)
+	}
+	want := map[string]string{credIDKey: escapeINI(workerID), credSecretKey: escapeINI(secret)}
+	lines, nl := splitLines(text)
+	missing, after := replaceCredentials(f, lines, want, nl)
+	inSection := insertLines(lines, after, missing, want, nl)
+	if out := strings.Join(inSection, ""); credentialsSet(f, out, name, want) {
+		return out, nil
+	}
+	block := []string{"[" + workerSection + "]" + nl}
+	for _, k := range missing {
+		block = append(block, k+" = "+want[k]+nl)
+	}
+	lines = append(lines, nl)
+	if len(lines) == 1 {
+		lines = lines[:0] // an empty file needs no blank line first
+	}
+	out := strings.Join(append(lines, block...), "")
+	if !credentialsSet(f, out, name, want) {
+		return "", errors.New("could not add the credentials to the file") // cannot happen: a header at column 0 always ends the previous value
+	}
+	return out, nil
+}
+
+// splitLines splits text into lines that keep their line ending, making sure
+// the last one has one, and returns the file's line ending.
+func splitLines(text string) ([]string, string) {
+	nl := "\n"
+	if i := strings.IndexByte(text, '\n'); i > 0 && text[i-1] == '\r' {
+		nl = "\r\n"
+	}
+	if text == "" {
+		return nil, nl
+	}
+	if !strings.HasSuffix(text, "\n") {
+		text += nl
+	}
+	return strings.SplitAfter(text, "\n")[:strings.Count(text, "\n")], nl
+}
+
+// replaceCredentials rewrites every credential assignment in [flamenco-worker]
+// in place, keeping its indentation. It returns the keys not found and the
+// line after which to add them: the section's last line (0 if no section).
+func replaceCredentials(f *iniFile, lines []string, want map[string]string, nl string) (missing []string, after int) {
+	found := map[string]bool{}
+	if s := f.byName[workerSection]; s != nil {
+		after = s.last
+	}
+	for _, e := range f.raw {
+		k := strings.ToLower(e.key)
+		if _, ok := want[k]; !ok || e.section != workerSection {
+			continue
+		}
+		found[k] = true
+		lines[e.line-1] = leadingSpace(lines[e.line-1]) + e.key + " = " + want[k] + nl
+		for i := e.line; i < e.end; i++ {
+			lines[i] = ""
+		}
+	}
+	for _, k := range []string{credIDKey, credSecretKey} {
+		if !found[k] {
+			missing = append(missing, k)
+		}
+	}
+	return missing, after
+}
+
+// insertLines returns lines with the missing credentials added after line
+// after (1-based), indented like it; nothing when there is no section.
+func insertLines(lines []string, after int, missing []string, want map[string]string, nl string) []string {
+	if len(missing) == 0 || after == 0 {
+		return lines
+	}
+	indent := leadingSpace(lines[after-1])
+	out := append([]string{}, lines[:after]...)
+	for _, k := range missing {
+		out = append(out, indent+k+" = "+want[k]+nl)
+	}
+	return append(out, lines[after:]...)
+}
+
+// credentialsSet reports whether out has the wanted credentials and, apart
+// from them, the same assignments as the original file f.
+func credentialsSet(f *iniFile, out, name string, want map[string]string) bool {
+	g, err := parseINI(strings.NewReader(out), name)
+	if err != nil {
+		return false
+	}
+	for k, v := range want {
+		if e := g.byName[workerSection].get(k); e == nil || e.value != v {
+			return false
+		}
+	}
+	return slices.Equal(otherAssignments(f), otherAssignments(g))
+}
+
+// otherAssignments lists f's assignments other than the credentials.
+func otherAssignments(f *iniFile) []string {
+	var list []string
+	for _, e := range f.raw {
+		if k := strings.ToLower(e.key); e.section == workerSection && (k == credIDKey || k == credSecretKey) {
+			continue
+		}
+		list = append(list, e.section+"\x00"+e.key+"\x00"+e.value)
+	}
+	return list
+}
+
+func leadingSpace(line string) string {
+	return line[:len(line)-len(strings.TrimLeftFunc(line, unicode.IsSpace))]
+}
+
+// writeFileAtomic replaces path with data through a 0600 temporary file in
+// the same directory, so that a crash leaves either the old or the new file.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	done = true
+	syncDir(dir)
+	return nil
+}
+
+// syncDir makes a rename in dir durable. Some file systems refuse to sync a
+// directory; the rename has happened anyway, so errors are ignored.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
 	}
 }
