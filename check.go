@@ -41,10 +41,9 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 		report(err == nil, tool.name, detail)
 	}
 	for _, c := range cfg.PreTaskChecks {
-		err := preTaskChecks([]preTaskCheck{c})
-		detail := c.Path
+		detail, err := c.Key+": "+c.Path, preTaskChecks([]preTaskCheck{c})
 		if err != nil {
-			detail = err.Error()
+			detail = strings.TrimPrefix(err.Error(), "pre-task check ")
 		}
 		report(err == nil, "pre_task_check", detail)
 	}

@@ -28,7 +28,7 @@ func TestCrashSafety(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	f.fm.set(func(fm *fakeManager) {
 		fm.updateHook = func(int, string) int {
-			if rng.IntN(3) == 0 {
+			if rand.IntN(3) == 0 { // the global source: handlers run concurrently
 				return http.StatusBadGateway
 			}
 			return 0

@@ -173,7 +173,9 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 		return exitOK
 	}
 	if opts.verbose {
-		cfg.writeEffective(stderr)
+		if err := cfg.writeEffective(stderr); err != nil {
+			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
+		}
 	}
 	return serve(ctx, cfg, opts, tune, stderr, logger)
 }
@@ -254,7 +256,7 @@ const shutdownBudget = 9 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
 func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
-	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid())
+	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
 	if cfg.ManagerURL == "" {
 		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
 		if err != nil {

@@ -29,8 +29,11 @@ func preTaskChecks(checks []preTaskCheck) error {
 // checkReadable: the path exists; a directory can be listed, a file read.
 func checkReadable(path string) error {
 	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s does not exist", path)
+	}
 	if err != nil {
-		return fmt.Errorf("%s does not exist: %w", path, err)
+		return fmt.Errorf("%s is not readable: %w", path, err)
 	}
 	if info.IsDir() {
 		d, err := os.Open(path)

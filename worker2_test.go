@@ -207,7 +207,7 @@ func TestPreflightCheck(t *testing.T) {
 		if code := p.wait(30 * time.Second); code != 1 {
 			t.Errorf("exit code = %d, want 1", code)
 		}
-		for _, want := range []string{"FAIL credentials", "FAIL pre_task_check /no/such/share does not exist", "blender"} {
+		for _, want := range []string{"FAIL credentials", "FAIL pre_task_check read.0: /no/such/share does not exist\n", "blender"} {
 			if !strings.Contains(p.out.String(), want) {
 				t.Errorf("output lacks %q:\n%s", want, p.out.String())
 			}
