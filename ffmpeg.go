@@ -1,19 +1,215 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
 
-func cmdCreateVideo(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
+// ffmpegIndexName is the concat index file FFmpeg reads, written next to
+// the input files (spec/python-worker.md §5.6).
+const ffmpegIndexName = "ffmpeg-input.txt"
+
+// ffmpegCmd validates the optional "ffmpeg_cmd" setting (default "ffmpeg";
+// the Manager fills in {ffmpeg}): split shell-style, its first word found
+// on $PATH.
+func ffmpegCmd(s settings) ([]string, error) {
+	line, err := s.str("ffmpeg_cmd", false, "ffmpeg")
+	if err != nil {
+		return nil, err
+	}
+	argv, err := shlexSplit(line)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %v", "ffmpeg_cmd", err)
+	}
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("%q may not be empty", "ffmpeg_cmd")
+	}
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return nil, fmt.Errorf("FFmpeg command %q not found on $PATH", argv[0])
+	}
+	return argv, nil
 }
 
-func cmdConcatenateVideos(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
+// ffmpegJob is a validated FFmpeg command: its argv, the concat index it
+// needs (if any) and the output file.
+type ffmpegJob struct {
+	argv      []string
+	indexGlob string // write ffmpeg-input.txt for this glob before running
+	output    string
 }
 
-func cmdMuxAudio(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
+// run writes the index file if needed, runs FFmpeg, and removes the index.
+// The output's directory is created first (the Python worker let FFmpeg
+// fail on a missing directory).
+func (j *ffmpegJob) run(ctx context.Context, c *cmdCtx) error {
+	if err := c.mkdirAll(filepath.Dir(j.output)); err != nil {
+		return fmt.Errorf("creating the output directory: %w", err)
+	}
+	if j.indexGlob != "" {
+		index, err := writeFFmpegIndex(j.indexGlob)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := os.Remove(index); err != nil && !errors.Is(err, os.ErrNotExist) {
+				c.logf("unable to unlink file %s, ignoring: %v", index, err)
+			}
+		}()
+	}
+	return c.subprocess(ctx, j.argv, nil)
 }
 
-func cmdEncodeAudio(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return nil, errNotImplemented
+// ffmpegIndexPath is where the concat index for glob goes: its directory.
+func ffmpegIndexPath(glob string) string {
+	return filepath.Join(absPath(filepath.Dir(glob)), ffmpegIndexName)
+}
+
+// writeFFmpegIndex writes one "file '<name>'" line per match of glob, in
+// sorted order, with ' escaped as \'.
+func writeFFmpegIndex(glob string) (string, error) {
+	matches, err := filepath.Glob(glob)
+	if err != nil {
+		return "", fmt.Errorf("input_files %q: %w", glob, err)
+	}
+	if len(matches) == 0 {
+		return "", fmt.Errorf("input_files %q matches no files", glob)
+	}
+	sort.Strings(matches)
+	var b strings.Builder
+	for _, m := range matches {
+		fmt.Fprintf(&b, "file '%s'\n", strings.ReplaceAll(filepath.Base(m), "'", `\'`))
+	}
+	index := ffmpegIndexPath(glob)
+	if err := os.WriteFile(index, []byte(b.String()), 0o644); err != nil {
+		return "", fmt.Errorf("writing the FFmpeg index: %w", err)
+	}
+	return index, nil
+}
+
+// ffmpegCommand adapts a validator to a commandFunc.
+func ffmpegCommand(validate func(s settings) (*ffmpegJob, error)) commandFunc {
+	return func(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
+		job, err := validate(s)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) error { return job.run(ctx, c) }, nil
+	}
+}
+
+var (
+	cmdCreateVideo       = ffmpegCommand(validateCreateVideo)
+	cmdConcatenateVideos = ffmpegCommand(validateConcatenateVideos)
+	cmdMuxAudio          = ffmpegCommand(validateMuxAudio)
+	cmdEncodeAudio       = ffmpegCommand(validateEncodeAudio)
+)
+
+// validateCreateVideo: a glob of frames to an H.264 video at fps.
+func validateCreateVideo(s settings) (*ffmpegJob, error) {
+	ff, err := ffmpegCmd(s)
+	if err != nil {
+		return nil, err
+	}
+	input, err := s.str("input_files", true, "")
+	if err != nil {
+		return nil, err
+	}
+	output, err := s.str("output_file", true, "")
+	if err != nil {
+		return nil, err
+	}
+	_, fps, err := s.number("fps", true)
+	if err != nil {
+		return nil, err
+	}
+	argv := append(ff, "-r", fps, "-pattern_type", "glob", "-i", filepath.ToSlash(input),
+		"-c:v", "h264", "-crf", "20", "-g", "18", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+		"-pix_fmt", "yuv420p", "-y", "-bf", "0", output)
+	return &ffmpegJob{argv: argv, output: output}, nil
+}
+
+// validateConcatenateVideos: chunks matching a glob joined without re-encoding.
+func validateConcatenateVideos(s settings) (*ffmpegJob, error) {
+	ff, err := ffmpegCmd(s)
+	if err != nil {
+		return nil, err
+	}
+	input, err := s.str("input_files", true, "")
+	if err != nil {
+		return nil, err
+	}
+	output, err := s.str("output_file", true, "")
+	if err != nil {
+		return nil, err
+	}
+	argv := append(ff, "-f", "concat", "-i", filepath.ToSlash(ffmpegIndexPath(input)),
+		"-c", "copy", "-y", filepath.ToSlash(output))
+	return &ffmpegJob{argv: argv, indexGlob: input, output: output}, nil
+}
+
+// validateMuxAudio: an audio and a video stream into one file, copied.
+func validateMuxAudio(s settings) (*ffmpegJob, error) {
+	ff, err := ffmpegCmd(s)
+	if err != nil {
+		return nil, err
+	}
+	audio, err := existingFile(s, "audio_file", "Audio")
+	if err != nil {
+		return nil, err
+	}
+	video, err := existingFile(s, "video_file", "Video")
+	if err != nil {
+		return nil, err
+	}
+	output, err := s.str("output_file", true, "")
+	if err != nil {
+		return nil, err
+	}
+	argv := append(ff, "-i", audio, "-i", video, "-c", "copy", "-y", absPath(output))
+	return &ffmpegJob{argv: argv, output: output}, nil
+}
+
+// validateEncodeAudio: an audio file re-encoded with a codec and bitrate.
+func validateEncodeAudio(s settings) (*ffmpegJob, error) {
+	ff, err := ffmpegCmd(s)
+	if err != nil {
+		return nil, err
+	}
+	input, err := existingFile(s, "input_file", "Audio")
+	if err != nil {
+		return nil, err
+	}
+	output, err := s.str("output_file", true, "")
+	if err != nil {
+		return nil, err
+	}
+	bitrate, err := s.str("bitrate", true, "")
+	if err != nil {
+		return nil, err
+	}
+	codec, err := s.str("codec", true, "")
+	if err != nil {
+		return nil, err
+	}
+	argv := append(ff, "-i", input, "-c:a", codec, "-b:a", bitrate, "-y", absPath(output))
+	return &ffmpegJob{argv: argv, output: output}, nil
+}
+
+// existingFile reads a required path setting that must exist, and returns
+// it absolute.
+func existingFile(s settings, key, what string) (string, error) {
+	p, err := s.str(key, true, "")
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s file %s does not exist (%s)", what, p, key)
+	}
+	return absPath(p), nil
 }
