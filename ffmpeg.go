@@ -83,6 +83,9 @@ func writeFFmpegIndex(glob string) (string, error) {
 	sort.Strings(matches)
 	var b strings.Builder
 	for _, m := range matches {
+		if filepath.Base(m) == ffmpegIndexName {
+			continue // a glob like "*" must not list the index itself
+		}
 		fmt.Fprintf(&b, "file '%s'\n", strings.ReplaceAll(filepath.Base(m), "'", `\'`))
 	}
 	index := ffmpegIndexPath(glob)
@@ -116,11 +119,11 @@ func validateCreateVideo(s settings) (*ffmpegJob, error) {
 	if err != nil {
 		return nil, err
 	}
-	input, err := s.str("input_files", true, "")
+	input, err := s.nonEmptyStr("input_files")
 	if err != nil {
 		return nil, err
 	}
-	output, err := s.str("output_file", true, "")
+	output, err := s.nonEmptyStr("output_file")
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +143,11 @@ func validateConcatenateVideos(s settings) (*ffmpegJob, error) {
 	if err != nil {
 		return nil, err
 	}
-	input, err := s.str("input_files", true, "")
+	input, err := s.nonEmptyStr("input_files")
 	if err != nil {
 		return nil, err
 	}
-	output, err := s.str("output_file", true, "")
+	output, err := s.nonEmptyStr("output_file")
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +170,7 @@ func validateMuxAudio(s settings) (*ffmpegJob, error) {
 	if err != nil {
 		return nil, err
 	}
-	output, err := s.str("output_file", true, "")
+	output, err := s.nonEmptyStr("output_file")
 	if err != nil {
 		return nil, err
 	}
@@ -185,15 +188,15 @@ func validateEncodeAudio(s settings) (*ffmpegJob, error) {
 	if err != nil {
 		return nil, err
 	}
-	output, err := s.str("output_file", true, "")
+	output, err := s.nonEmptyStr("output_file")
 	if err != nil {
 		return nil, err
 	}
-	bitrate, err := s.str("bitrate", true, "")
+	bitrate, err := s.nonEmptyStr("bitrate")
 	if err != nil {
 		return nil, err
 	}
-	codec, err := s.str("codec", true, "")
+	codec, err := s.nonEmptyStr("codec")
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +207,7 @@ func validateEncodeAudio(s settings) (*ffmpegJob, error) {
 // existingFile reads a required path setting that must exist, and returns
 // it absolute.
 func existingFile(s settings, key, what string) (string, error) {
-	p, err := s.str(key, true, "")
+	p, err := s.nonEmptyStr(key)
 	if err != nil {
 		return "", err
 	}

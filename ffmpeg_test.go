@@ -78,6 +78,7 @@ func TestFFmpegValidation(t *testing.T) {
 		{"mux_audio", `{"audio_file": "` + dir + `/none.flac", "video_file": "v", "output_file": "o"}`, "Audio file " + dir + "/none.flac does not exist"},
 		{"encode_audio", `{"input_file": "` + dir + `/none.wav", "output_file": "o", "bitrate": "192k", "codec": "aac"}`, "Audio file"},
 		{"encode_audio", `{"output_file": "o", "bitrate": "192k", "codec": "aac"}`, `"input_file"`},
+		{"create_video", `{"input_files": "", "output_file": "y", "fps": 24}`, `"input_files" may not be empty`},
 	}
 	for _, c := range cases {
 		err := validateCommand(t, c.command, c.settings, testEnv())
@@ -95,8 +96,13 @@ func TestFFmpegValidation(t *testing.T) {
 
 func TestFFmpegIndexFile(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"chunk-2.mkv", "chunk-1.mkv", "chunk-it's.mkv", "other.txt"} {
+	for _, name := range []string{"chunk-2.mkv", "chunk-1.mkv", "chunk-it's.mkv", "other.txt", "ffmpeg-input.txt"} {
 		writeFile(t, filepath.Join(dir, name), "")
+	}
+	if index, err := writeFFmpegIndex(filepath.Join(dir, "*")); err != nil {
+		t.Fatal(err)
+	} else if data, _ := os.ReadFile(index); strings.Contains(string(data), "ffmpeg-input.txt") {
+		t.Errorf("the index lists itself:\n%s", data)
 	}
 	index, err := writeFFmpegIndex(filepath.Join(dir, "chunk-*.mkv"))
 	if err != nil {
