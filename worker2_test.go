@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -234,6 +235,77 @@ func TestExampleRenderTask(t *testing.T) {
 		}
 		if !strings.Contains(stdout.String(), "output produced: /tmp/flamenco-example/frames/"+frame) {
 			t.Errorf("no output-produced line for %s", frame)
+		}
+	}
+}
+
+func TestBadConfigExits2(t *testing.T) {
+	cases := []struct {
+		name, cfg string
+		args      []string
+		want      []string
+	}{
+		{"bad number", "[flamenco-worker]\nmanager_url = http://localhost:8083/\npush_log_max_entries = lots\n", nil,
+			[]string{"flamenco-worker.cfg:3", "push_log_max_entries"}},
+		{"quoted manager_url", "[flamenco-worker]\nmanager_url = \"http://localhost:8083/\"\n", nil,
+			[]string{"manager_url", "quoted"}},
+		{"not a URL", "[flamenco-worker]\nmanager_url = localhost\n", nil, []string{"manager_url"}},
+		{"syntax", "[flamenco-worker]\nmanager_url = http://localhost/\nthis line is nonsense\n", nil, []string{"flamenco-worker.cfg:3"}},
+		{"pre-task check key", "[flamenco-worker]\nmanager_url = http://localhost/\n[pre_task_check]\nexecute.0 = /x\n", nil,
+			[]string{"flamenco-worker.cfg:4", "execute.0"}},
+		{"missing --config file", "", []string{"--config", "/does/not/exist.cfg"}, []string{"/does/not/exist.cfg"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFarm(t, "")
+			if c.cfg != "" {
+				writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), c.cfg)
+			}
+			p := f.start(c.args...)
+			if code := p.wait(10 * time.Second); code != 2 {
+				t.Errorf("exit code = %d, want 2", code)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(p.out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, p.out.String())
+				}
+			}
+			if n := len(f.fm.callPaths()); n != 0 {
+				t.Errorf("%d requests to the Manager with a bad config", n)
+			}
+		})
+	}
+}
+
+func TestSilentSubprocessIsKilled(t *testing.T) {
+	f := newFarm(t, "subprocess_timeout_seconds = 0.5").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 60'`))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	waitFor(t, 10*time.Second, "the task to fail", func() bool { return f.fm.taskStatus(id) == "failed" })
+	p.stop()
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v of the silent command still alive", live)
+	}
+	if !strings.Contains(f.fm.logText(id), "produced no output for 0 seconds") {
+		t.Errorf("task log does not say why:\n%s", f.fm.logText(id))
+	}
+}
+
+func TestOutputProducedReachesManager(t *testing.T) {
+	f := newFarm(t, "").registered()
+	src, dest := filepath.Join(f.dir, "frame.png"), filepath.Join(f.dir, "out", "frame.png")
+	writeFile(t, src, "png")
+	f.fm.queueTask(taskID(1), fmt.Sprintf(`{"name": "copy_file", "settings": {"src": %q, "dest": %q}}`, src, dest))
+	p := f.start()
+	waitFor(t, 10*time.Second, "the output notification", func() bool { return f.fm.count("POST /output-produced") == 1 })
+	p.stop()
+	f.fm.mu.Lock()
+	defer f.fm.mu.Unlock()
+	for _, c := range f.fm.calls {
+		if c.Path == "/output-produced" && (c.Status != 204 || !strings.Contains(c.Body, dest)) {
+			t.Errorf("output-produced: %d %s", c.Status, c.Body)
 		}
 	}
 }
