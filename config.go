@@ -602,6 +602,7 @@ func loadConfigFiles(files []configFile, home string, warn func(string)) (*Confi
 			continue
 		}
 		warnUnknown(f, warn)
+		warnReadableSecret(f, cf.path, warn)
 		merged.merge(f)
 		loaded = append(loaded, cf.path)
 	}
@@ -612,6 +613,21 @@ func loadConfigFiles(files []configFile, home string, warn func(string)) (*Confi
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// warnReadableSecret warns when a file holding a secret can be read by
+// other users: with worker_secret anyone on the node can act as this worker.
+func warnReadableSecret(f *iniFile, path string, warn func(string)) {
+	info, err := os.Stat(path)
+	if err != nil || info.Mode().Perm()&0o044 == 0 {
+		return
+	}
+	for _, key := range []string{credSecretKey, "worker_registration_secret"} {
+		if e := f.lookup(workerSection, key); e != nil && e.value != "" {
+			warn(fmt.Sprintf("%s holds %s but is readable by other users (mode %04o); run: chmod 600 %s", path, key, info.Mode().Perm(), path))
+			return
+		}
+	}
 }
 
 // readINIFile parses one layer; it returns nil for a missing optional file.

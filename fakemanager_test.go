@@ -6,10 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -487,4 +490,17 @@ func (fm *fakeManager) prefixedURL(prefix string) string {
 	srv := httptest.NewServer(http.StripPrefix(prefix, http.HandlerFunc(fm.serve)))
 	fm.t.Cleanup(srv.Close)
 	return srv.URL + prefix + "/"
+}
+
+// tlsURL serves the same fake Manager over HTTPS with a self-signed
+// certificate, which it also writes as a PEM file (a studio's own CA).
+func (fm *fakeManager) tlsURL() (url, caFile string) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(fm.serve))
+	fm.t.Cleanup(srv.Close)
+	caFile = filepath.Join(fm.t.TempDir(), "studio-ca.pem")
+	block := &pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(block), 0o644); err != nil {
+		fm.t.Fatal(err)
+	}
+	return srv.URL + "/", caFile
 }
