@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -80,5 +81,39 @@ func FuzzSettingsAccessors(f *testing.F) {
 				}
 			}
 		}
+	})
+}
+
+// FuzzCommandValidation: no settings document makes any command's
+// validation panic or hang. Validation can create directories
+// (render_output's parent), so paths are kept inside a temporary
+// working directory.
+func FuzzCommandValidation(f *testing.F) {
+	names := make([]string, 0, len(commandRegistry))
+	for name := range commandRegistry {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for i := range names {
+		f.Add(uint8(i), `{"cmd": "echo hi", "message": "x", "time_in_seconds": 1, "src": "a", "dest": "b", "path": "p"}`)
+		f.Add(uint8(i), `{"blender_cmd": "sh", "filepath": "scene.blend", "frames": "1..3", "render_output": "out/####", "format": "OPEN_EXR"}`)
+		f.Add(uint8(i), `{"input_files": "*.png", "output_file": "v.mkv", "fps": 24.5, "weight1": 1, "weight2": null, "cycles_chunk": 3}`)
+	}
+	f.Fuzz(func(t *testing.T, which uint8, js string) {
+		if strings.Contains(js, "/") || strings.Contains(js, `\`) || strings.Contains(js, "..") {
+			t.Skip("paths stay inside the temporary directory")
+		}
+		dec := json.NewDecoder(strings.NewReader(js))
+		dec.UseNumber()
+		var s map[string]any
+		if dec.Decode(&s) != nil || s == nil {
+			return
+		}
+		t.Chdir(t.TempDir())
+		name := names[int(which)%len(names)]
+		env := testEnv()
+		env.fileWait = 0
+		c := &cmdCtx{name: name, taskID: "t", rep: newReporter("t", &Config{PushLogMaxEntries: 1 << 30}, make(chan outgoing, 1<<16)), env: env, timing: newTiming()}
+		commandRegistry[name](t.Context(), c, s)
 	})
 }

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestQueueFileStaysSmall: updates discarded by the Manager (404) or
+// delivered must give their space back, so that months of discarded
+// updates do not fill the disk.
+func TestQueueFileStaysSmall(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "Task is unknown.", http.StatusNotFound)
+	}))
+	defer srv.Close()
+	cfg := defaultConfig()
+	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
+	m, _ := newManager(&cfg, srv.URL, "test", quietLogger)
+	path := filepath.Join(t.TempDir(), "q.db")
+	q, err := openQueue(path, quietLogger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.close()
+	payload := []byte(`{"log": "` + strings.Repeat("x", 100_000) + `"}`)
+	for range 20 { // 20 rounds of 50 updates of 100 kB: 100 MB in all
+		for range 50 {
+			if _, err := q.enqueue(taskID(1), payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := q.flush(context.Background(), deliverer{send: m.postUpdate}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var total int64
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if info, err := os.Stat(path + suffix); err == nil {
+			total += info.Size()
+		}
+	}
+	if q.len() != 0 || total > 40<<20 {
+		t.Errorf("after 100 MB of discarded updates: %d queued, files take %d MiB", q.len(), total>>20)
+	}
+}
