@@ -362,7 +362,9 @@ func (w *worker) shutdown(deadline time.Time) {
 	if err := w.mgr.signOff(signOffCtx); err != nil {
 		w.logger.Warn("error signing off, continuing with shutdown", "err", err)
 	}
-	w.logger.Info("Flamenco Worker is shut down")
+	user, sys, rss := resourceUsage()
+	w.logger.Info("Flamenco Worker is shut down", "cpu_user", user.Round(time.Millisecond),
+		"cpu_system", sys.Round(time.Millisecond), "max_rss_kib", rss)
 }
 
 // killTask kills the running task's process group at once (forced exit).

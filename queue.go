@@ -43,7 +43,7 @@ type queue struct {
 
 // openQueue opens (creating if needed) the queue database.
 func openQueue(path string, logger *slog.Logger) (*queue, error) {
-	dsn := (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=journal_size_limit(16777216)"}).String()
+	dsn := (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=page_size(65536)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=journal_size_limit(16777216)"}).String()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)

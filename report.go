@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // maxLogBytes bounds the log text of one task update.
@@ -21,13 +22,8 @@ type taskUpdate struct {
 	CurrentCommandIdx         int          `json:"current_command_idx"`
 	TaskProgressPercentage    int          `json:"task_progress_percentage"`
 	CommandProgressPercentage int          `json:"command_progress_percentage"`
-	Log                       string       `json:"log,omitempty"`
+	Log                       string       `json:"log,omitempty"` // spliced in by pushLocked
 	Metrics                   *taskMetrics `json:"metrics,omitempty"`
-}
-
-// logOnlyUpdate is what a silently aborted task still sends: its log lines.
-type logOnlyUpdate struct {
-	Log string `json:"log"`
 }
 
 type taskMetrics struct {
@@ -64,7 +60,9 @@ type reporter struct {
 	status   string
 	act      taskUpdate // activity, index and percentages
 	timing   map[string]float64
-	logBuf   []byte
+	logBuf   []byte // "<timestamp>: <text>\n" lines, valid UTF-8
+	stamp    []byte // the timestamp up to the seconds, of stampSec
+	stampSec int64
 	logLines int
 	lastAct  time.Time
 	lastLog  time.Time
@@ -105,17 +103,55 @@ func (r *reporter) logAt(t time.Time, text string) {
 	if len(text) > maxLogBytes/2 {
 		text = fmt.Sprintf("%s… (%d bytes cut)", text[:maxLogBytes/2], len(text)-maxLogBytes/2)
 	}
+	if !utf8.ValidString(text) {
+		text = strings.ToValidUTF8(text, "\uFFFD")
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return
 	}
-	if len(r.logBuf)+len(text)+40 > maxLogBytes {
+	r.startLineLocked(t, len(text))
+	r.logBuf = append(r.logBuf, text...)
+	r.endLineLocked(t)
+}
+
+// logOutput queues one line of subprocess output, prefix (e.g. "pid=12 > ")
+// then line, which must be valid UTF-8. This is the hot path of a chatty
+// subprocess: it appends straight into the batch, without allocating.
+func (r *reporter) logOutput(t time.Time, prefix string, line []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.startLineLocked(t, len(prefix)+len(line))
+	r.logBuf = append(r.logBuf, prefix...)
+	r.logBuf = append(r.logBuf, line...)
+	r.endLineLocked(t)
+}
+
+// startLineLocked makes room for a line of n bytes (pushing first if the
+// batch would pass maxLogBytes) and appends its "<timestamp>: ".
+func (r *reporter) startLineLocked(t time.Time, n int) {
+	if len(r.logBuf)+n+40 > maxLogBytes {
 		r.pushLocked()
 	}
-	r.logBuf = t.UTC().AppendFormat(r.logBuf, logTimestamp)
-	r.logBuf = append(r.logBuf, ": "...)
-	r.logBuf = append(r.logBuf, text...)
+	t = t.UTC()
+	if sec := t.Unix(); sec != r.stampSec || r.stamp == nil {
+		r.stamp = t.AppendFormat(r.stamp[:0], "2006-01-02T15:04:05")
+		r.stampSec = sec
+	}
+	r.logBuf = append(r.logBuf, r.stamp...)
+	micro := t.Nanosecond() / 1000
+	r.logBuf = append(r.logBuf, '.',
+		byte('0'+micro/100000), byte('0'+micro/10000%10), byte('0'+micro/1000%10),
+		byte('0'+micro/100%10), byte('0'+micro/10%10), byte('0'+micro%10))
+	r.logBuf = append(r.logBuf, "+00:00: "...)
+}
+
+// endLineLocked ends a line and pushes per the batching rules.
+func (r *reporter) endLineLocked(t time.Time) {
 	r.logBuf = append(r.logBuf, '\n')
 	r.logLines++
 	switch {
@@ -272,38 +308,74 @@ func (r *reporter) close() {
 }
 
 // pushLocked encodes the current state and sends it towards the queue.
+// The log text, the bulk of a chatty task's updates, is escaped straight
+// from the batch buffer into the JSON instead of going through a string.
 func (r *reporter) pushLocked() {
 	now := time.Now()
-	var logText string
+	var logText []byte
 	if r.logLines > 0 {
-		logText = string(r.logBuf[:len(r.logBuf)-1]) // no trailing newline
-		r.logBuf = r.logBuf[:0]
+		logText = r.logBuf[:len(r.logBuf)-1] // no trailing newline
 		r.logLines = 0
 		r.lastLog = now
 		stopTimer(&r.logTimer)
 	}
-	var body any
-	if r.silent {
-		if logText == "" {
-			return
-		}
-		body = logOnlyUpdate{Log: logText}
-	} else {
+	var payload []byte
+	switch {
+	case r.silent && logText == nil:
+		return
+	case r.silent:
+		payload = appendJSONString(append(make([]byte, 0, len(logText)+32), `{"log":`...), logText)
+		payload = append(payload, '}')
+	default:
 		u := r.act
 		u.TaskStatus = r.status
-		u.Log = logText
 		if len(r.timing) > 0 {
 			u.Metrics = &taskMetrics{Timing: r.timing}
 		}
-		body = u
+		head, err := json.Marshal(u)
+		if err != nil {
+			panic(fmt.Sprintf("encoding a task update: %v", err)) // plain structs cannot fail
+		}
+		payload = head
+		if logText != nil {
+			payload = append(make([]byte, 0, len(head)+len(logText)+32), head[:len(head)-1]...)
+			payload = appendJSONString(append(payload, `,"log":`...), logText)
+			payload = append(payload, '}')
+		}
 		r.lastAct = now
 		stopTimer(&r.actTimer)
 	}
-	payload, err := json.Marshal(body)
-	if err != nil {
-		panic(fmt.Sprintf("encoding a task update: %v", err)) // plain structs cannot fail
-	}
+	r.logBuf = r.logBuf[:0]
 	r.out <- outgoing{taskID: r.taskID, payload: payload}
+}
+
+// appendJSONString appends s, valid UTF-8, as a JSON string.
+func appendJSONString(dst, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 func stopTimer(t **time.Timer) {

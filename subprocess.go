@@ -163,12 +163,13 @@ func (c *cmdCtx) readLines(r io.Reader, p *proc, onLine func(string)) error {
 	for {
 		raw, err := br.ReadSlice('\n')
 		if len(raw) > 0 {
-			p.lastOutput.Store(time.Now().UnixNano())
+			now := time.Now()
+			p.lastOutput.Store(now.UnixNano())
 			line := cleanLine(raw)
 			if onLine != nil {
-				onLine(line)
+				onLine(string(line))
 			}
-			c.rep.log(prefix + line)
+			c.rep.logOutput(now, prefix, line)
 		}
 		switch {
 		case err == nil, errors.Is(err, bufio.ErrBufferFull):
@@ -180,13 +181,18 @@ func (c *cmdCtx) readLines(r io.Reader, p *proc, onLine func(string)) error {
 	}
 }
 
-// cleanLine strips trailing white space and replaces invalid UTF-8.
-func cleanLine(raw []byte) string {
-	raw = bytes.TrimRight(raw, " \t\r\n\v\f")
-	if utf8.Valid(raw) {
-		return string(raw)
+// cleanLine strips trailing white space and replaces invalid UTF-8. The
+// result may share raw's memory.
+func cleanLine(raw []byte) []byte {
+	end := len(raw)
+	for end > 0 && (raw[end-1] == ' ' || raw[end-1] == '\n' || raw[end-1] == '\r' || raw[end-1] == '\t' || raw[end-1] == '\v' || raw[end-1] == '\f') {
+		end--
 	}
-	return strings.ToValidUTF8(string(raw), "\uFFFD")
+	raw = raw[:end]
+	if utf8.Valid(raw) {
+		return raw
+	}
+	return bytes.ToValidUTF8(raw, []byte("\uFFFD"))
 }
 
 // exitError logs how the process ended and turns a failure into an error.
