@@ -143,23 +143,38 @@ type queuedUpdate struct {
 // peek returns the oldest row, or nil when the queue is empty.
 func (q *queue) peek() (*queuedUpdate, error) {
 	var u queuedUpdate
-	var payload string
-	err := q.db.QueryRow(`SELECT id, task_id, payload FROM task_updates ORDER BY id LIMIT 1`).Scan(&u.id, &u.taskID, &payload)
+	err := q.db.QueryRow(`SELECT id, task_id, payload FROM task_updates ORDER BY id LIMIT 1`).Scan(&u.id, &u.taskID, &u.payload)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading task update queue: %w", err)
 	}
-	u.payload = []byte(payload)
 	q.mu.Lock()
 	q.head = u.id
 	q.mu.Unlock()
 	return &u, nil
 }
 
+// remove deletes a delivered row. Inserts wait for the disk
+// (synchronous=FULL); a delete does not need to: if a power cut loses it,
+// the update is sent again, which at-least-once delivery allows anyway.
+// This halves the fsyncs of a chatty task.
 func (q *queue) remove(id int64) error {
-	if _, err := q.db.Exec(`DELETE FROM task_updates WHERE id = ?`, id); err != nil {
+	ctx := context.Background()
+	conn, err := q.db.Conn(ctx) // the only connection: no insert can slip in between
+	if err != nil {
+		return fmt.Errorf("removing delivered task update: %w", err)
+	}
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `PRAGMA synchronous=NORMAL`)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, `DELETE FROM task_updates WHERE id = ?`, id)
+	}
+	if _, perr := conn.ExecContext(ctx, `PRAGMA synchronous=FULL`); err == nil {
+		err = perr
+	}
+	if err != nil {
 		return fmt.Errorf("removing delivered task update: %w", err)
 	}
 	q.mu.Lock()
