@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,7 +24,18 @@ import (
 // signals, SIGKILL and process groups are real, and -race covers it too.
 func TestMain(m *testing.M) {
 	if os.Getenv("FW_TEST_WORKER") == "1" {
-		os.Exit(runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, testTuning()))
+		tune := testTuning()
+		if os.Getenv("FW_TEST_REAL_TUNING") == "1" {
+			tune = defaultTuning() // bench/: the real delays, with a profile
+		}
+		if path := os.Getenv("FW_CPUPROFILE"); path != "" {
+			f, _ := os.Create(path)
+			pprof.StartCPUProfile(f)
+			code := runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, tune)
+			pprof.StopCPUProfile()
+			os.Exit(code)
+		}
+		os.Exit(runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, tune))
 	}
 	os.Exit(m.Run())
 }
