@@ -104,3 +104,42 @@ func BenchmarkOutputPath(b *testing.B) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(lines*b.N)/1000, "cpu-µs/line")
 	b.ReportMetric(float64(lines*b.N)/b.Elapsed().Seconds(), "lines/s")
 }
+
+// BenchmarkAbortLatency measures from the abort (may-i-run said no, or an
+// update got a 409: the task's context is cancelled) to the last process
+// of the task's group being gone, for a child that honours SIGTERM and for
+// one that ignores it (then SIGKILL follows after the 5 s grace period).
+func BenchmarkAbortLatency(b *testing.B) {
+	for _, c := range []struct{ name, script string }{
+		{"honours-TERM", `echo started; exec sleep 60`},
+		{"ignores-TERM", `trap "" TERM; echo started; sleep 60 & wait`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			env := testEnv()
+			env.killGrace = 5 * time.Second
+			var total time.Duration
+			for i := 0; b.Loop(); i++ {
+				out := make(chan outgoing, 1<<10)
+				cfg := defaultConfig()
+				rep := newReporter(taskID(1), &cfg, out)
+				c2 := &cmdCtx{name: "exec", taskID: rep.taskID, rep: rep, env: env, timing: newTiming()}
+				ctx, cancel := context.WithCancel(context.Background())
+				started := make(chan int, 1)
+				done := make(chan time.Time, 1)
+				go func() {
+					c2.subprocess(ctx, []string{"sh", "-c", c.script}, func(string) { started <- int(rep.pid.Load()) })
+					done <- time.Now()
+				}()
+				pgid := <-started
+				t0 := time.Now()
+				cancel()
+				<-done
+				for len(liveGroupMembers(pgid)) > 0 {
+				}
+				total += time.Since(t0)
+				rep.close()
+			}
+			b.ReportMetric(float64(total.Microseconds())/float64(b.N)/1000, "ms/abort")
+		})
+	}
+}
