@@ -80,7 +80,7 @@ func (q *queue) close() error { return q.db.Close() }
 
 // enqueue commits one update and returns its row id.
 func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
-	res, err := q.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, string(payload))
+	res, err := q.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, payload)
 	if err != nil {
 		return 0, fmt.Errorf("queueing task update: %w", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +138,26 @@ func TestTimingString(t *testing.T) {
 	want := `{"rendering": 1.0, "starting blender": 0.25, "total": 1.5}`
 	if got := timingString(tm); got != want {
 		t.Errorf("timingString = %s, want %s", got, want)
+	}
+}
+
+func TestAppendJSONString(t *testing.T) {
+	cases := []string{"", "plain ascii text that is longer than eight bytes", `quote " and back\slash`,
+		"tab\there\nnewline\r\x00\x01\x1f end", "ünïcødé ✓ €€€€€€€€€ and \u2028", strings.Repeat("a\"", 20), "1234567\"", "12345678\\"}
+	alphabet := []byte("ab\"\\\n\x00\x1f\x7f é€")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		b := make([]byte, rng.IntN(40))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		cases = append(cases, strings.ToValidUTF8(string(b), "?"))
+	}
+	for _, c := range cases {
+		got := appendJSONString(nil, []byte(c))
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil || back != c {
+			t.Errorf("appendJSONString(%q) = %s, decodes to %q, %v", c, got, back, err)
+		}
 	}
 }
