@@ -9,16 +9,9 @@ import (
 // and its first word must exist as a path (no $PATH lookup, as in the
 // Python worker; the Manager fills in {blender} with a full path).
 func blenderCmd(s settings) ([]string, error) {
-	line, err := s.str("blender_cmd", true, "")
+	argv, err := s.commandLine("blender_cmd", true, "")
 	if err != nil {
 		return nil, err
-	}
-	argv, err := shlexSplit(line)
-	if err != nil {
-		return nil, fmt.Errorf("%q: %v", "blender_cmd", err)
-	}
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("%q may not be empty", "blender_cmd")
 	}
 	if _, err := os.Stat(argv[0]); err != nil {
 		return nil, fmt.Errorf("blender_cmd %q does not exist", argv[0])

@@ -235,16 +235,9 @@ func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Contex
 }
 
 func cmdExec(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	line, err := s.nonEmptyStr("cmd")
+	argv, err := s.commandLine("cmd", true, "")
 	if err != nil {
 		return nil, err
-	}
-	argv, err := shlexSplit(line)
-	if err != nil {
-		return nil, fmt.Errorf("%q: %v", "cmd", err)
-	}
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("%q may not be empty", "cmd")
 	}
 	if err := c.checkPIDFile(); err != nil {
 		return nil, err

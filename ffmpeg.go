@@ -19,16 +19,9 @@ const ffmpegIndexName = "ffmpeg-input.txt"
 // the Manager fills in {ffmpeg}): split shell-style, its first word found
 // on $PATH.
 func ffmpegCmd(s settings) ([]string, error) {
-	line, err := s.str("ffmpeg_cmd", false, "ffmpeg")
+	argv, err := s.commandLine("ffmpeg_cmd", false, "ffmpeg")
 	if err != nil {
 		return nil, err
-	}
-	argv, err := shlexSplit(line)
-	if err != nil {
-		return nil, fmt.Errorf("%q: %v", "ffmpeg_cmd", err)
-	}
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("%q may not be empty", "ffmpeg_cmd")
 	}
 	if _, err := exec.LookPath(argv[0]); err != nil {
 		return nil, fmt.Errorf("FFmpeg command %q not found on $PATH", argv[0])

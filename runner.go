@@ -307,6 +307,16 @@ func (w *worker) report(ctx, taskCtx context.Context, taskID string, rep *report
 		msg := fmt.Sprintf("Task timed out after %d seconds (task_timeout_seconds)", int(w.cfg.TaskTimeout.Seconds()))
 		rep.log(msg)
 		rep.setStatus("failed", msg)
+	default:
+		reportOutcome(rep, ok, err)
+	}
+}
+
+// reportOutcome sends the status of a task that ran to its end: completed,
+// or failed with the error (a task-level problem such as an unknown
+// command) or with the failing command's activity left as it was.
+func reportOutcome(rep *reporter, ok bool, err error) {
+	switch {
 	case ok:
 		rep.setStatus("completed", "Task completed")
 	case err != nil:

@@ -46,16 +46,10 @@ func runTaskFile(ctx context.Context, cfg *Config, path string, stdout, stderr i
 	rep.setStatus("active", "")
 	ok, err := runCommands(ctx, t, rep, env)
 	rep.log("Aggregated task timing info: " + rep.timingJSON())
-	switch {
-	case ok:
-		rep.setStatus("completed", "Task completed")
-	case ctx.Err() != nil:
+	if ctx.Err() != nil {
 		rep.setStatus("canceled", "Task was canceled")
-	case err != nil:
-		rep.log("Task failed: " + err.Error())
-		rep.setStatus("failed", "Task failed: "+err.Error())
-	default:
-		rep.setStatus("failed", "")
+	} else {
+		reportOutcome(rep, ok, err)
 	}
 	rep.close()
 	close(out)

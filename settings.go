@@ -137,6 +137,23 @@ func jsonType(v any) string {
 	return fmt.Sprintf("a %T", v)
 }
 
+// commandLine reads a command-line setting (exec's cmd, blender_cmd,
+// ffmpeg_cmd) and splits it shell-style; it may not be empty.
+func (s settings) commandLine(key string, required bool, def string) ([]string, error) {
+	line, err := s.str(key, required, def)
+	if err != nil {
+		return nil, err
+	}
+	argv, err := shlexSplit(line)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %v", key, err)
+	}
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("%q may not be empty", key)
+	}
+	return argv, nil
+}
+
 // shlexSplit splits a command line the way Python's shlex.split does in POSIX
 // mode: whitespace separates words, single quotes keep everything literal,
 // double quotes allow only \" and \\ escapes, a backslash outside quotes escapes
