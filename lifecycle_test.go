@@ -165,7 +165,7 @@ func TestSleepAndWakeSignals(t *testing.T) {
 func TestPreTaskChecks(t *testing.T) {
 	t.Run("failing check: error state, no fetch", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "not-mounted", "render")
-		f := newFarm(t, "").registered()
+		f := newFarm(t, "error_retry_seconds = 0.3").registered()
 		appendFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[pre_task_check]\nread.0 = "+missing+"\n")
 		p := f.start()
 		waitFor(t, 10*time.Second, "the error ack", func() bool { return f.fm.count("POST /ack-status-change/error") == 1 })
@@ -175,6 +175,10 @@ func TestPreTaskChecks(t *testing.T) {
 		if !strings.Contains(p.out.String(), missing) {
 			t.Errorf("log does not name the failing path")
 		}
+		// The share comes back: after error_retry_seconds the worker wakes and works.
+		os.MkdirAll(missing, 0o755)
+		waitFor(t, 10*time.Second, "waking up", func() bool { return f.fm.count("POST /ack-status-change/awake") >= 1 })
+		waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
 		p.stop()
 	})
 	t.Run("write check on a new file leaves nothing behind", func(t *testing.T) {
