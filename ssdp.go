@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -57,16 +58,16 @@ func ssdpAttempt(ctx context.Context, targets []string, wait time.Duration) (str
 			found <- loc
 		}()
 	}
-	var all []error
+	var all []string
 	for range targets {
 		select {
 		case loc := <-found:
 			return loc, nil
 		case err := <-errs:
-			all = append(all, err)
+			all = append(all, err.Error())
 		}
 	}
-	return "", errors.Join(all...)
+	return "", errors.New(strings.Join(all, "; "))
 }
 
 // ssdpSearchOne searches one group from a socket of its own.
