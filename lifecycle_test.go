@@ -52,7 +52,7 @@ func TestMayIRunFalseAbortsAndReturnsTask(t *testing.T) {
 	})
 	start := time.Now()
 	waitFor(t, 10*time.Second, "the task to be returned", func() bool { return f.fm.count("POST /tasks/"+id+"/return") == 1 })
-	if live := liveGroupMembers(pgid); len(live) > 0 || time.Since(start) > 0200*time.Millisecond+6*time.Second {
+	if live := liveGroupMembers(pgid); len(live) > 0 || time.Since(start) > 200*time.Millisecond+6*time.Second {
 		t.Errorf("after %v, processes %v of the aborted task still alive", time.Since(start), live)
 	}
 	waitFor(t, 10*time.Second, "the next task to complete", func() bool { return f.fm.taskStatus(taskID(2)) == "completed" })
