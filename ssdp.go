@@ -113,5 +113,5 @@ func ssdpLocation(datagram []byte) (string, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("SSDP answer without a usable Location: %q", loc)
 	}
-	return loc, nil
+	return u.String(), nil // normalised: "HTTP://M/" works and becomes "http://M/"
 }

@@ -53,6 +53,7 @@ func TestSSDPLocation(t *testing.T) {
 	cases := map[string]string{
 		"HTTP/1.1 200 OK\r\nLocation: https://manager:8083/\r\n\r\n": "https://manager:8083/",
 		"HTTP/1.1 200 OK\r\nLOCATION: http://m/\r\n\r\n":             "http://m/",
+		"HTTP/1.1 200 OK\r\nLocation: HTTP://M:8083/\r\n\r\n":        "http://M:8083/",
 		"HTTP/1.1 200 OK\r\nLocation: ftp://m/\r\n\r\n":              "",
 		"HTTP/1.1 200 OK\r\n\r\n":                                    "",
 		"garbage":                                                    "",
