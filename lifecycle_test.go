@@ -265,3 +265,39 @@ func TestUnknownStatusRequestMeansAsleep(t *testing.T) {
 		t.Errorf("no warning about the unknown status")
 	}
 }
+
+func TestTaskRunsWhileManagerIsDown(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, logALot(20000), echoCmd("all printed"))
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(int, string) int { return http.StatusServiceUnavailable }
+	})
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 20*time.Second, "the completed status in the local queue", func() bool {
+		rows := queuedPayloads(t, db)
+		return len(rows) > 0 && strings.Contains(rows[len(rows)-1], `"task_status":"completed"`)
+	})
+	p.stop()
+	if n := len(f.fm.taskUpdates(id)); n != 0 {
+		t.Errorf("the Manager accepted %d updates while refusing them all", n)
+	}
+}
+
+func TestSIGUSR1DuringTask(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, echoCmd("first"), execCmd(longTask))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	p.signal(syscall.SIGUSR1)
+	waitFor(t, 5*time.Second, "the dump", func() bool { return strings.Contains(p.out.String(), "=== end of dump ===") })
+	p.stop()
+	out := p.out.String()
+	for _, want := range []string{"state: awake", "task " + id + ", command 1 at", fmt.Sprintf("subprocess pid %d", pgid), "task updates queued"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("state summary lacks %q", want)
+		}
+	}
+}
