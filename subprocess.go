@@ -35,6 +35,7 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 		return fmt.Errorf("creating output pipe: %w", err)
 	}
 	defer r.Close()
+	growPipe(r)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = subprocessEnv(os.Environ(), c.env.extraEnv)
 	cmd.Stdout, cmd.Stderr = w, w

@@ -44,3 +44,15 @@ func parentPID(pid int) (int, bool) {
 	}
 	return ppid, true
 }
+
+// growPipe gives the output pipe 1 MiB of kernel buffer (64 KiB by
+// default), so that a burst of output does not stall the child while the
+// reader is busy. Failure (an unprivileged limit) is harmless.
+func growPipe(r *os.File) {
+	const fSetPipeSz = 1031 // F_SETPIPE_SZ
+	if rc, err := r.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			syscall.Syscall(syscall.SYS_FCNTL, fd, fSetPipeSz, 1<<20)
+		})
+	}
+}
