@@ -119,49 +119,19 @@ func cmdCopyFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Conte
 // cmdRemoveTree removes a file or a whole directory tree. A symbolic link is
 // removed as a link; what it points to is never touched.
 func cmdRemoveTree(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	path, err := s.str("path", true, "")
-	if err == nil && path == "" {
-		err = errors.New("'path' may not be empty")
-	}
-	if err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		info, err := filesLstat(path)
-		if err != nil {
-			return err
-		}
-		if info == nil {
-			c.logf("Path %s does not exist, so not removing.", path)
-			return nil
-		}
+	return filesRemove(c, s, "'path' may not be empty", func(path string, info fs.FileInfo) error {
 		c.logf("Removing tree rooted at %s", path)
 		if err := os.RemoveAll(path); err != nil {
 			// RemoveAll's own error names the entry that could not go.
 			return fmt.Errorf("removing tree %s: %w", path, err)
 		}
 		return nil
-	}, nil
+	})
 }
 
 // cmdRemoveFile removes one file (or symbolic link) and refuses directories.
 func cmdRemoveFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	path, err := s.str("path", true, "")
-	if err == nil && path == "" {
-		err = errors.New("Parameter 'path' cannot be empty.")
-	}
-	if err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		info, err := filesLstat(path)
-		if err != nil {
-			return err
-		}
-		if info == nil {
-			c.logf("Path %s does not exist, so not removing.", path)
-			return nil
-		}
+	return filesRemove(c, s, "Parameter 'path' cannot be empty.", func(path string, info fs.FileInfo) error {
 		if info.IsDir() {
 			return fmt.Errorf("Path %s is a directory. Cannot remove with this command; use remove_tree instead.", path)
 		}
@@ -170,6 +140,30 @@ func cmdRemoveFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Con
 			return fmt.Errorf("removing %s: %w", path, filesBareErr(err))
 		}
 		return nil
+	})
+}
+
+// filesRemove is what remove_tree and remove_file share: the "path"
+// setting (emptyMsg when it is ""), and success with a log line when the
+// path does not exist; remove gets the rest.
+func filesRemove(c *cmdCtx, s settings, emptyMsg string, remove func(path string, info fs.FileInfo) error) (func(context.Context) error, error) {
+	path, err := s.str("path", true, "")
+	if err == nil && path == "" {
+		err = errors.New(emptyMsg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return func(context.Context) error {
+		info, err := filesLstat(path)
+		if err != nil {
+			return err
+		}
+		if info == nil {
+			c.logf("Path %s does not exist, so not removing.", path)
+			return nil
+		}
+		return remove(path, info)
 	}, nil
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -751,7 +750,8 @@ func TestCreatePythonFile(t *testing.T) {
 				}
 			}
 			settings, _ := json.Marshal(map[string]string{"filepath": path, "contents": tc.contents})
-			ok, log := filesTestRawLog(t, "create_python_file", string(settings))
+			res := runTestCommand(t, "create_python_file", string(settings), testEnv())
+			ok, log := res.ok, "\n"+res.logText()+"\n"
 			if !ok {
 				t.Fatalf("create_python_file failed; log:\n%s", log)
 			}
@@ -760,8 +760,8 @@ func TestCreatePythonFile(t *testing.T) {
 				t.Errorf("%s holds %q (%v), want %q", path, b, err, tc.contents)
 			}
 			for _, want := range []string{
-				": create_python_file: " + tc.wantLog + " " + path + "\n",
-				": create_python_file: contents:\n" + tc.contents + "\n",
+				"\ncreate_python_file: " + tc.wantLog + " " + path + "\n",
+				"\ncreate_python_file: contents:\n" + tc.contents + "\n",
 			} {
 				if !strings.Contains(log, want) {
 					t.Errorf("log lacks %q; log:\n%s", want, log)
@@ -773,35 +773,4 @@ func TestCreatePythonFile(t *testing.T) {
 			}
 		})
 	}
-}
-
-// filesTestRawLog runs a command as runTestCommand does, but returns the
-// task log as the Manager gets it, multi-line entries intact.
-func filesTestRawLog(t *testing.T, name, settingsJSON string) (ok bool, log string) {
-	t.Helper()
-	out := make(chan outgoing, 16)
-	cfg := defaultConfig()
-	cfg.PushLogMaxEntries = 0
-	cfg.PushLogMaxInterval = 0
-	cfg.PushActMaxInterval = 0
-	rep := newReporter("5e1234567890abcdef012345", &cfg, out)
-	var logs []string
-	done := make(chan struct{})
-	go func() { // ends when out is closed
-		defer close(done)
-		for o := range out {
-			var u struct {
-				Log string `json:"log"`
-			}
-			if json.Unmarshal(o.payload, &u) == nil && u.Log != "" {
-				logs = append(logs, u.Log)
-			}
-		}
-	}()
-	c := &cmdCtx{name: name, taskID: rep.taskID, rep: rep, env: testEnv(), timing: newTiming()}
-	ok = runCommand(context.Background(), c, commandRegistry[name], testSettings(t, settingsJSON))
-	rep.close()
-	close(out)
-	<-done
-	return ok, strings.Join(logs, "\n") + "\n"
 }
