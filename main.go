@@ -284,7 +284,6 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
 	w.single = opts.single
 	w.iv = tune.intervals
-	w.outputWindow = tune.outputWindow
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -297,7 +296,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	defer func() { close(stopSignals); <-sigDone }()
 
 	done := make(chan int, 1)
-	go func() { done <- w.serve(runCtx, stop, opts) }() // ends after the shutdown sequence
+	go func() { done <- w.serve(runCtx, stop, opts, tune.outputWindow) }() // ends after the shutdown sequence
 	select {
 	case code := <-done:
 		return code
@@ -309,7 +308,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 }
 
 // serve signs on, runs the loop and shuts down cleanly.
-func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options) int {
+func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options, outputWindow time.Duration) int {
 	if err := w.mgr.startup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // stopped while still registering or signing on
@@ -322,7 +321,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 		w.ack(ctx, "testing")
 	}
 	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.logger)
-	notifier.window = w.outputWindow
+	notifier.window = outputWindow
 	w.env.output = notifier.notify
 
 	fwdCtx, stopForwarding := context.WithCancel(context.Background())

@@ -88,9 +88,6 @@ func newReporter(taskID string, cfg *Config, out chan<- outgoing) *reporter {
 	}
 }
 
-// logTimestamp is the prefix of every log line: RFC 3339 UTC with microseconds.
-const logTimestamp = "2006-01-02T15:04:05.000000+00:00"
-
 // log queues one log line, prefixed with the current UTC time.
 func (r *reporter) log(text string) {
 	r.logAt(time.Now(), text)
@@ -133,7 +130,8 @@ func (r *reporter) logOutput(t time.Time, prefix string, line []byte) {
 }
 
 // startLineLocked makes room for a line of n bytes (pushing first if the
-// batch would pass maxLogBytes) and appends its "<timestamp>: ".
+// batch would pass maxLogBytes) and appends its "<timestamp>: ", RFC 3339
+// UTC with microseconds: 2006-01-02T15:04:05.000000+00:00.
 func (r *reporter) startLineLocked(t time.Time, n int) {
 	if len(r.logBuf)+n+40 > maxLogBytes {
 		r.pushLocked()

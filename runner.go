@@ -90,16 +90,15 @@ func defaultIntervals() intervals {
 
 // worker runs the fetch-and-execute loop and obeys the Manager.
 type worker struct {
-	cfg          *Config
-	mgr          *manager
-	q            *queue
-	env          *runEnv
-	logger       *slog.Logger
-	out          chan outgoing
-	iv           intervals
-	single       bool // -1: one task, then shut down
-	outputWindow time.Duration
-	requests     chan string
+	cfg      *Config
+	mgr      *manager
+	q        *queue
+	env      *runEnv
+	logger   *slog.Logger
+	out      chan outgoing
+	iv       intervals
+	single   bool // -1: one task, then shut down
+	requests chan string
 
 	mu      sync.Mutex
 	state   string
