@@ -126,7 +126,9 @@ func (f *farm) start(args ...string) *workerProc {
 	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Dir = f.dir
-	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home)
+	// atexit_sleep_ms=0: the race detector's 1 s sleep at exit is skipped; a
+	// race still fails the worker through exit code 66.
+	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
 	p.cmd.Env = append(p.cmd.Env, f.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
