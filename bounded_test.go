@@ -37,14 +37,20 @@ func heapPeak(stop <-chan struct{}) <-chan uint64 {
 // the real path into a queue whose Manager is down, and checks the Go heap
 // stays bounded and the batching limits hold.
 func TestOutputMemoryIsBounded(t *testing.T) {
-	lines := 2_000_000
+	// The race detector makes each line ~10x slower: smaller inputs, with
+	// a heap limit well below each input's size so that buffering a whole
+	// line (or the whole output) still fails.
+	lines, lineMB, garbageMB, lineLimit, garbageLimit := 2_000_000, 200, 50, 96, 40
 	if raceEnabled {
-		lines = 300_000 // the race detector makes each line ~10x slower
+		lines, lineMB, garbageMB, lineLimit, garbageLimit = 200_000, 32, 16, 24, 12
 	}
-	cases := []struct{ name, cmd string }{
-		{"many short lines", "yes 'Fra:1 Mem:12.34M (Peak 56.78M) | Time:00:01.23 | Sample 3/4' | head -n " + itoa(lines)},
-		{"one 200 MB line without a newline", "head -c 200000000 /dev/zero | tr '\\0' x"},
-		{"binary garbage", "head -c 50000000 /dev/urandom"},
+	cases := []struct {
+		name, cmd string
+		limitMiB  int
+	}{
+		{"many short lines", "yes 'Fra:1 Mem:12.34M (Peak 56.78M) | Time:00:01.23 | Sample 3/4' | head -n " + itoa(lines), lineLimit},
+		{"one long line without a newline", "head -c " + itoa(lineMB<<20) + " /dev/zero | tr '\\0' x", lineLimit},
+		{"binary garbage", "head -c " + itoa(garbageMB<<20) + " /dev/urandom", garbageLimit},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -83,7 +89,7 @@ func TestOutputMemoryIsBounded(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("heap peak %d MiB, %d updates queued, largest %d KiB", p>>20, q.len(), maxLog.Load()>>10)
-			if p > 96<<20 {
+			if p > uint64(c.limitMiB)<<20 {
 				t.Errorf("heap peaked at %d MiB", p>>20)
 			}
 			if maxLog.Load() > maxLogBytes+64<<10 {

@@ -25,7 +25,12 @@ func TestCrashSafety(t *testing.T) {
 	f := newFarm(t, "push_log_max_entries = 3").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(`sh -c 'i=0; while true; do echo "flood $i"; i=$((i+1)); sleep 0.002; done'`))
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FW_TEST_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("random seed %d (replay the kill moments with FW_TEST_SEED=%d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
 	f.fm.set(func(fm *fakeManager) {
 		fm.updateHook = func(int, string) int {
 			if rand.IntN(3) == 0 { // the global source: handlers run concurrently

@@ -96,7 +96,7 @@ func FuzzCommandValidation(f *testing.F) {
 	sort.Strings(names)
 	for i := range names {
 		f.Add(uint8(i), `{"cmd": "echo hi", "message": "x", "time_in_seconds": 1, "src": "a", "dest": "b", "path": "p"}`)
-		f.Add(uint8(i), `{"blender_cmd": "sh", "filepath": "scene.blend", "frames": "1..3", "render_output": "out/####", "format": "OPEN_EXR"}`)
+		f.Add(uint8(i), `{"blender_cmd": "sh", "filepath": "scene.blend", "frames": "1-3", "render_output": "out-####", "format": "OPEN_EXR"}`)
 		f.Add(uint8(i), `{"input_files": "*.png", "output_file": "v.mkv", "fps": 24.5, "weight1": 1, "weight2": null, "cycles_chunk": 3}`)
 	}
 	f.Fuzz(func(t *testing.T, which uint8, js string) {

@@ -270,11 +270,11 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 		logger.Error("cannot open the task update queue", "err", err)
 		return exitFailure
 	}
-	defer q.close()
 	reapOrphan(cfg.SubprocessPIDFile, logger)
 	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
+		q.close()
 		logger.Error("cannot set up the Manager connection", "err", err)
 		return exitUsage
 	}
@@ -299,8 +299,11 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	go func() { done <- w.serve(runCtx, stop, opts, tune.outputWindow) }() // ends after the shutdown sequence
 	select {
 	case code := <-done:
+		q.close()
 		return code
 	case <-sig.forced:
+		// The queue stays open: the shutdown sequence may still be using it
+		// until the process exits, and a committed row survives that anyway.
 		w.killTask()
 		logger.Warn("second signal: exiting at once")
 		return exitFailure

