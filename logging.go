@@ -847,7 +847,8 @@ func (p prefixWriter) Write(b []byte) (int, error) {
 
 const (
 	logFileQueue = 4096            // lines waiting for the file before they are dropped
-	logFileWait  = 5 * time.Second // longest wait for the writer (reopen, close)
+	logFileWait  = 5 * time.Second // longest wait for the writer to reopen
+	logFileClose = 2 * time.Second // longest wait at exit for the last lines
 )
 
 // logFile is one file handler. Write only queues the line: one goroutine
@@ -964,7 +965,7 @@ func (lf *logFile) close() {
 	lf.closeOnce.Do(func() { close(lf.quit) })
 	select {
 	case <-lf.done:
-	case <-time.After(logFileWait):
+	case <-time.After(logFileClose): // a hung file system does not hold up the exit
 	}
 }
 

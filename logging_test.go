@@ -616,3 +616,31 @@ args = ('localhost', 'fw@example.com', ['admin@example.com'], 'Flamenco')
 		})
 	}
 }
+
+func TestTimedRotationSchedule(t *testing.T) {
+	// 2026-12-02 is a Wednesday (Python's weekday 2).
+	at := time.Date(2026, 12, 2, 15, 4, 5, 0, time.UTC)
+	tests := []struct {
+		when     string
+		interval int
+		next     time.Time
+		name     string // the rotated file's suffix at next
+	}{
+		{"MIDNIGHT", 1, time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC), "2026-12-02"},
+		{"MIDNIGHT", 3, time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC), "2026-12-02"},
+		{"W2", 1, time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC), "2026-11-26"},
+		{"W0", 1, time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC), "2026-12-01"},
+		{"D", 2, at.Add(48 * time.Hour), "2026-12-02"},
+		{"H", 1, at.Add(time.Hour), "2026-12-02_15"},
+		{"M", 5, at.Add(5 * time.Minute), "2026-12-02_15-04"},
+		{"S", 10, at.Add(10 * time.Second), "2026-12-02_15-04-05"},
+	}
+	for _, tt := range tests {
+		lf := &logFile{cfg: fileConfig{path: "/l/fw.log", when: tt.when, interval: tt.interval, utc: true}}
+		next := lf.nextRollover(at)
+		lf.rolloverAt = next
+		if name := lf.timedName(); !next.Equal(tt.next) || name != "/l/fw.log."+tt.name {
+			t.Errorf("%s×%d at %v: next rollover %v, name %s; want %v, fw.log.%s", tt.when, tt.interval, at, next, name, tt.next, tt.name)
+		}
+	}
+}
