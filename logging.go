@@ -357,6 +357,9 @@ func newFileConfig(name, class string, args map[string]any) (fileConfig, error) 
 	return fc, nil
 }
 
+// validWhen matches TimedRotatingFileHandler's when (upper-cased).
+var validWhen = regexp.MustCompile(`^(S|M|H|D|MIDNIGHT|W[0-6])$`)
+
 // timed reads TimedRotatingFileHandler's when, interval and utc.
 func (fc *fileConfig) timed(a pyArgs) error {
 	when, err := a.str("when", "h")
@@ -364,7 +367,7 @@ func (fc *fileConfig) timed(a pyArgs) error {
 		return err
 	}
 	fc.when = strings.ToUpper(when)
-	if !regexp.MustCompile(`^(S|M|H|D|MIDNIGHT|W[0-6])$`).MatchString(fc.when) {
+	if !validWhen.MatchString(fc.when) {
 		return fmt.Errorf("invalid rollover interval %q (want S, M, H, D, midnight or W0-W6)", when)
 	}
 	n, err := a.int("interval", 1)
@@ -544,6 +547,9 @@ func (p *pyParser) dict() (any, error) {
 	return d, nil
 }
 
+// pyEscapes are the backslash escapes a log file name might use.
+var pyEscapes = [256]byte{'\\': '\\', '\'': '\'', '"': '"', 'n': '\n', 't': '\t', 'r': '\r'}
+
 // str reads one or more adjacent string literals ('a' 'b' is 'ab').
 func (p *pyParser) str(raw bool) (any, error) {
 	var b strings.Builder
@@ -565,8 +571,8 @@ func (p *pyParser) str(raw bool) (any, error) {
 			}
 			e := p.s[p.i]
 			p.i++
-			if r, ok := map[byte]string{'\\': `\`, '\'': `'`, '"': `"`, 'n': "\n", 't': "\t", 'r': "\r"}[e]; ok && !raw {
-				b.WriteString(r)
+			if r := pyEscapes[e]; r != 0 && !raw {
+				b.WriteByte(r)
 			} else {
 				b.WriteByte('\\')
 				b.WriteByte(e) // Python keeps unknown escapes as written
@@ -1107,18 +1113,26 @@ func (lf *logFile) nextRollover(t time.Time) time.Time {
 	}
 }
 
-// timedSuffix is the strftime pattern of TimedRotatingFileHandler's names,
-// in Go's layout, and the regexp that finds them when pruning.
+// timedSuffixes are the strftime patterns of TimedRotatingFileHandler's
+// names, in Go's layout, and the regexps that find them when pruning.
+var timedSuffixes = map[string]struct {
+	layout string
+	re     *regexp.Regexp
+}{
+	"S": {"2006-01-02_15-04-05", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(\.\w+)?$`)},
+	"M": {"2006-01-02_15-04", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}(\.\w+)?$`)},
+	"H": {"2006-01-02_15", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}(\.\w+)?$`)},
+	"D": {"2006-01-02", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.\w+)?$`)},
+}
+
+// timedSuffix is the name pattern of lf's rotated files.
 func (lf *logFile) timedSuffix() (layout string, re *regexp.Regexp) {
-	switch lf.cfg.when {
-	case "S":
-		return "2006-01-02_15-04-05", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(\.\w+)?$`)
-	case "M":
-		return "2006-01-02_15-04", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}(\.\w+)?$`)
-	case "H":
-		return "2006-01-02_15", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}(\.\w+)?$`)
+	key := lf.cfg.when
+	if len(key) > 1 { // MIDNIGHT and W0-W6 name files by day
+		key = "D"
 	}
-	return "2006-01-02", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.\w+)?$`)
+	s := timedSuffixes[key]
+	return s.layout, s.re
 }
 
 // timedName names the rotated file after the start of the period that
