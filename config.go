@@ -45,6 +45,9 @@ type Config struct {
 	// PreTaskChecks holds the [pre_task_check] section, read checks first.
 	PreTaskChecks []preTaskCheck
 
+	// Logging holds what the Python logging sections ask for (logging.go).
+	Logging logConfig
+
 	// HomeConfig is where registration writes the credentials.
 	HomeConfig string
 
@@ -673,8 +676,8 @@ func warnUnknown(f *iniFile, warn func(string)) {
 	}
 }
 
-// knownSection reports whether a section is used, or is one of the Python
-// logging sections that we accept so old files keep working.
+// knownSection reports whether a section is used; the Python logging
+// sections are read by parseLogging.
 func knownSection(name string) bool {
 	switch name {
 	case workerSection, checkSection, envSection, defaultSection, "loggers", "handlers", "formatters":
@@ -696,6 +699,7 @@ func (c *Config) apply(f *iniFile) error {
 	if err := c.applyPreTaskChecks(f); err != nil {
 		return err
 	}
+	c.Logging = parseLogging(f)
 	return c.applyEnvironment(f)
 }
 

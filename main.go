@@ -162,6 +162,9 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 		fmt.Fprintf(stderr, "flamenco-worker: configuration error: %v\n", err)
 		return exitUsage
 	}
+	logs := newLogSetup(cfg.Logging, stderr, opts.debug, time.Now)
+	defer logs.close()
+	logger = logs.logger
 	if opts.runTask != "" {
 		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
 	}
@@ -177,7 +180,7 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
 		}
 	}
-	return serve(ctx, cfg, opts, tune, stderr, logger)
+	return serve(ctx, cfg, opts, tune, stderr, logs)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -195,13 +198,14 @@ func applyFlags(cfg *Config, opts *options, logger *slog.Logger) {
 	}
 }
 
-// newLogger logs key=value lines to stderr.
+// newLogger logs key=value lines to stderr, until the config's logging
+// setup (newLogSetup) takes over.
 func newLogger(w io.Writer, debug bool) *slog.Logger {
 	level := slog.LevelInfo
 	if debug {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(newStderrHandler(w, level, os.Getenv))
 }
 
 // workerVersion is the stamped version, or the VCS revision.
@@ -255,7 +259,8 @@ func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
 const shutdownBudget = 9 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
+func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logs *logSetup) int {
+	logger := logs.logger
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
 	if cfg.ManagerURL == "" {
 		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
