@@ -39,6 +39,8 @@ type queue struct {
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
 	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
+
+	st queueStore // the SQLite file itself (queuestore.go)
 }
 
 // openQueue opens (creating if needed) the queue database.
@@ -50,6 +52,7 @@ func openQueue(path string, logger *slog.Logger) (*queue, error) {
 	}
 	db.SetMaxOpenConns(1) // one writer; also keeps the pragmas on one connection
 	q := &queue{db: db, logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
+	q.st.path = path
 	if err := q.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)
@@ -58,8 +61,10 @@ func openQueue(path string, logger *slog.Logger) (*queue, error) {
 }
 
 func (q *queue) init() error {
-	if _, err := q.db.Exec(queueSchema); err != nil {
-		return err
+	for _, schema := range []string{queueSchema, asideSchema} {
+		if _, err := q.db.Exec(schema); err != nil {
+			return err
+		}
 	}
 	var size int
 	var last sql.NullInt64
