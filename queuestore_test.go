@@ -194,4 +194,3 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 		})
 	}
 }
-
