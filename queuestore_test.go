@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -192,5 +194,136 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 				t.Errorf("--check after the repair: passed=%v %q, want OK with the rows set aside", ok, line)
 			}
 		})
+	}
+}
+
+func pageSize(t *testing.T, q *queue) int {
+	t.Helper()
+	var n int
+	if err := q.db.QueryRow(`PRAGMA page_size`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestQueuePageSize: a new queue file gets 64 KiB pages (the pragma must
+// come before WAL and the first table), and an empty file made with 4 KiB
+// pages is converted.
+func TestQueuePageSize(t *testing.T) {
+	dir := t.TempDir()
+	fresh := filepath.Join(dir, "new.db")
+	q := mustOpenQueue(t, fresh, quietLogger)
+	q.enqueue("t", []byte(`{}`))
+	if n := pageSize(t, q); n != queuePageSize {
+		t.Errorf("new queue: page size %d, want %d", n, queuePageSize)
+	}
+	if header, _ := os.ReadFile(fresh); len(header) < 18 || header[16] != 0 || header[17] != 1 { // 1 stands for 65536
+		t.Errorf("new queue file header: page size bytes % x, want 00 01", header[16:18])
+	}
+
+	old := filepath.Join(dir, "old.db")
+	db, err := sql.Open("sqlite", "file:"+old+"?_pragma=page_size(4096)&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(queueSchema); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	q = mustOpenQueue(t, old, quietLogger)
+	if n := pageSize(t, q); n != queuePageSize {
+		t.Errorf("empty 4 KiB-page queue reopened: page size %d, want %d", n, queuePageSize)
+	}
+	var mode string
+	if q.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); mode != "wal" {
+		t.Errorf("journal mode after the conversion = %q, want wal", mode)
+	}
+}
+
+// TestQueueShrinksOnceEmpty: after a burst, the file and its WAL give their
+// space back once everything is delivered, without a restart.
+func TestQueueShrinksOnceEmpty(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := mustOpenQueue(t, path, quietLogger)
+	for i := range 50 { // 50 MB
+		if _, err := q.enqueue("t", rowPayload(i, 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, fullWAL := fileSize(path), fileSize(path+"-wal")
+	if got := deliverAll(t, q); len(got) != 50 {
+		t.Fatalf("delivered %d of 50", len(got))
+	}
+	db, wal := fileSize(path), fileSize(path+"-wal")
+	t.Logf("queue file %d KiB, WAL %d KiB with 50 MB queued; %d KiB, WAL %d KiB once delivered", full>>10, fullWAL>>10, db>>10, wal>>10)
+	if db > 1<<20 || wal > 0 {
+		t.Errorf("once empty: queue file %d bytes, WAL %d bytes; want under 1 MiB and 0", db, wal)
+	}
+}
+
+// TestQueueCorruptFileMovedAside: a file that is not a database, or whose
+// header is damaged, is moved aside with one loud log line naming both
+// paths, and the worker starts with an empty queue instead of exiting.
+func TestQueueCorruptFileMovedAside(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path string)
+	}{
+		{"garbage", func(t *testing.T, path string) { writeFile(t, path, strings.Repeat("not a database\n", 500)) }},
+		{"damaged header", func(t *testing.T, path string) {
+			q := mustOpenQueue(t, path, quietLogger)
+			q.enqueue("t", []byte(`{"lost": true}`))
+			q.close()
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte("SQLite format 2\x00garbage-garbage-garbage"), 0)
+			f.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "flamenco-worker.db")
+			tc.damage(t, path)
+			before, _ := os.ReadFile(path)
+			var logs lockedBuffer
+			q := mustOpenQueue(t, path, slog.New(slog.NewTextHandler(&logs, nil)))
+			if _, err := q.enqueue("t", []byte(`{"fresh": true}`)); err != nil || q.len() != 1 {
+				t.Fatalf("fresh queue: enqueue = %v, len %d", err, q.len())
+			}
+			kept, _ := filepath.Glob(path + ".corrupt-*")
+			if len(kept) != 1 {
+				t.Fatalf("moved-aside files %v, want one %s.corrupt-<time>", kept, path)
+			}
+			if after, _ := os.ReadFile(kept[0]); !bytes.Equal(after, before) {
+				t.Errorf("%s does not hold the damaged file's bytes", kept[0])
+			}
+			if line := logs.String(); strings.Count(line, "level=ERROR") != 1 || !strings.Contains(line, "queue="+path) || !strings.Contains(line, "moved_to="+kept[0]) {
+				t.Errorf("log = %q, want one error naming %s and %s", line, path, kept[0])
+			}
+		})
+	}
+}
+
+// TestQueueReadOnlyDirExplained: a queue that cannot be created says which
+// file and why, instead of SQLite's "unable to open database file (14)".
+// Root ignores permissions, so as root the directory is a read-only mount.
+func TestQueueReadOnlyDirExplained(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ro")
+	os.Mkdir(dir, 0o555)
+	if os.Geteuid() == 0 {
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
+			t.Skipf("root, and cannot mount a read-only tmpfs: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	}
+	path := filepath.Join(dir, "flamenco-worker.db")
+	_, err := openQueue(path, quietLogger)
+	want := fmt.Sprintf("cannot create the task update queue %s: directory %s is not writable (", path, dir)
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !regexp.MustCompile(`\((read-only file system|permission denied)\)$`).MatchString(err.Error()) {
+		t.Errorf("openQueue in a read-only directory: %v\nwant %q + reason", err, want)
+	}
+	if ok, line := checkLine(path); ok || !strings.HasPrefix(line, want) {
+		t.Errorf("--check in a read-only directory: passed=%v %q", ok, line)
 	}
 }
