@@ -327,3 +327,37 @@ func TestQueueReadOnlyDirExplained(t *testing.T) {
 		t.Errorf("--check in a read-only directory: passed=%v %q", ok, line)
 	}
 }
+
+// TestQueueFileDeletedWhileRunning: `rm flamenco-worker.db*` while a task
+// runs and the Manager is down. SQLite would go on writing to the unlinked
+// file, losing every later update at the next start; instead the worker
+// notices, recreates the file at the path with the rows still queued, and
+// every line reaches the Manager once, in order.
+func TestQueueFileDeletedWhileRunning(t *testing.T) {
+	const n = 60
+	f := newFarm(t, "push_log_max_entries = 5").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(fmt.Sprintf(`sh -c 'i=0; while [ $i -lt %d ]; do echo "line $i"; i=$((i+1)); sleep 0.03; done'`, n)))
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 15*time.Second, "the first lines", func() bool { return strings.Contains(f.fm.logText(id), "> line 5\n") })
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = func(int, string) int { return 502 } })
+	waitFor(t, 15*time.Second, "updates queued", func() bool { return len(queuedPayloads(t, db)) > 0 })
+	files, _ := filepath.Glob(db + "*")
+	for _, name := range files {
+		os.Remove(name)
+	}
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil })
+	waitFor(t, 20*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(id) == "completed" })
+	if _, err := os.Stat(db); err != nil {
+		t.Errorf("no queue file after the task: %v", err)
+	}
+	p.stop()
+	checkLinesOnceInOrder(t, f.fm.logText(id), n)
+	if out := p.out.String(); !strings.Contains(out, "queue file was deleted while the worker ran") {
+		t.Errorf("the deletion was not logged:\n%s", out)
+	}
+	if rows := queuedPayloads(t, db); len(rows) != 0 {
+		t.Errorf("%d updates left in the recreated queue", len(rows))
+	}
+}
