@@ -361,3 +361,33 @@ func TestQueueFileDeletedWhileRunning(t *testing.T) {
 		t.Errorf("%d updates left in the recreated queue", len(rows))
 	}
 }
+
+// TestQueuePythonRowsWarned: a queue file the Python worker left unsent
+// rows in (table fworker_queue, pickles) gets one warning at start-up with
+// their count; the rows are left alone.
+func TestQueuePythonRowsWarned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flamenco-worker.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS fworker_queue(url TEXT, payload BLOB)`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		db.Exec(`INSERT INTO fworker_queue VALUES ('/tasks/5e00/update', x'80049500')`)
+	}
+	db.Close()
+	var logs lockedBuffer
+	q := mustOpenQueue(t, path, slog.New(slog.NewTextHandler(&logs, nil)))
+	if got := logs.String(); strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "count=3") || !strings.Contains(got, "not replayed") {
+		t.Errorf("start-up log = %q, want one warning with count=3", got)
+	}
+	if q.len() != 0 {
+		t.Errorf("the Python rows were queued: len %d", q.len())
+	}
+	q.close()
+	if ok, line := checkLine(path); !ok || !strings.Contains(line, "3 unsent updates of the Python worker") {
+		t.Errorf("--check: passed=%v %q", ok, line)
+	}
+}
