@@ -96,6 +96,7 @@ func (q *queue) open() error {
 		q.db.Close()
 		return fmt.Errorf("opening queue %s: %w", path, err)
 	}
+	q.compactOnce()
 	q.warnPython()
 	return nil
 }
@@ -118,7 +119,8 @@ func (q *queue) openDB() error {
 	return nil
 }
 
-// load reads the queue's size, and compacts the file if the queue is empty.
+// load reads the queue's size. (Not compactOnce: rebuild calls it with
+// dbMu held.)
 func (q *queue) load() error {
 	var size int
 	var last sql.NullInt64
@@ -130,9 +132,6 @@ func (q *queue) load() error {
 	q.st.compacted = false
 	q.notifyLocked()
 	q.mu.Unlock()
-	if size == 0 {
-		q.compactOnce()
-	}
 	return nil
 }
 

@@ -402,3 +402,33 @@ func TestQueuePythonRowsWarned(t *testing.T) {
 		t.Errorf("--check: passed=%v %q", ok, line)
 	}
 }
+
+// TestQueueFileDeletedWhileEmpty: the file deleted while nothing is queued
+// is recreated at the next look, and later updates go to the new file.
+func TestQueueFileDeletedWhileEmpty(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := mustOpenQueue(t, path, quietLogger)
+	q.enqueue("t", []byte(`{"n": 1}`))
+	deliverAll(t, q)
+	os.Remove(path)
+	done := make(chan error, 1)
+	go func() { // ends when peek returns
+		u, err := q.peek()
+		if u != nil {
+			err = fmt.Errorf("peek = %+v, want an empty queue", u)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("peek hangs after the queue file was deleted while empty")
+	}
+	q.enqueue("t", []byte(`{"n": 2}`))
+	if rows := queuedPayloads(t, path); len(rows) != 1 || rows[0] != `{"n": 2}` {
+		t.Errorf("the recreated file holds %q, want the later update", rows)
+	}
+}
