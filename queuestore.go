@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -77,6 +78,7 @@ func isDamaged(err error) bool {
 // that can still be read.
 func (q *queue) open() error {
 	path := q.st.path
+	adoptRebuilt(path, q.logger)
 	err := q.openDB()
 	if isDamaged(err) {
 		kept, merr := moveDBFiles(path, "corrupt")
@@ -462,10 +464,13 @@ func (q *queue) rebuild(why, what string) error {
 	if err == nil {
 		err = q.openDB()
 	}
-	if err == nil {
-		err = q.load()
-	}
 	if err != nil {
+		if rerr := q.reopen(); rerr != nil { // whatever is at the path, so the queue stays usable
+			err = fmt.Errorf("%w; reopening: %v", err, rerr)
+		}
+		return fmt.Errorf("rebuilding queue %s: %w", path, err)
+	}
+	if err := q.load(); err != nil {
 		return fmt.Errorf("rebuilding queue %s: %w", path, err)
 	}
 	for _, r := range lost {
@@ -474,6 +479,32 @@ func (q *queue) rebuild(why, what string) error {
 	}
 	q.logger.Warn("task update queue rebuilt", "reason", why, "queue", path, "queued", q.len(), "unreadable", len(lost), "old_file", kept)
 	return nil
+}
+
+// reopen opens the queue again after a failed rebuild: the file at the
+// path, else the rebuilt copy if the old file was moved already.
+func (q *queue) reopen() error {
+	adoptRebuilt(q.st.path, q.logger)
+	if err := q.openDB(); err != nil {
+		return err
+	}
+	return q.load()
+}
+
+// adoptRebuilt puts a rebuilt copy left by an interrupted rebuild at the
+// path, when nothing else is there: it holds the rows carried over.
+func adoptRebuilt(path string, logger *slog.Logger) {
+	tmp := path + ".rebuild"
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if _, err := os.Stat(tmp); err != nil {
+		return
+	}
+	os.Rename(tmp+"-journal", path+"-journal") // an unfinished copy is rolled back at open
+	if err := os.Rename(tmp, path); err == nil {
+		logger.Warn("task update queue: using the copy an interrupted rebuild left", "queue", path, "copy", tmp)
+	}
 }
 
 // swapInto puts the file tmp at path, moving a file already there aside.

@@ -432,3 +432,20 @@ func TestQueueFileDeletedWhileEmpty(t *testing.T) {
 		t.Errorf("the recreated file holds %q, want the later update", rows)
 	}
 }
+
+// TestQueueAdoptsInterruptedRebuild: a worker killed between moving the
+// old file aside and putting the rebuilt copy in its place starts with
+// the copy, not with an empty queue.
+func TestQueueAdoptsInterruptedRebuild(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := mustOpenQueue(t, path, quietLogger)
+	q.enqueue("t", []byte(`{"n": 1}`))
+	q.close()
+	if err := os.Rename(path, path+".rebuild"); err != nil {
+		t.Fatal(err)
+	}
+	q = mustOpenQueue(t, path, quietLogger)
+	if q.len() != 1 {
+		t.Errorf("after an interrupted rebuild: %d rows queued, want 1", q.len())
+	}
+}
