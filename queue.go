@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -46,6 +47,9 @@ type queue struct {
 func openQueue(path string, logger *slog.Logger) (*queue, error) {
 	q := &queue{logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
 	q.st.path = path
+	if abs, err := filepath.Abs(path); err == nil {
+		q.st.path = abs // log lines name the file fully
+	}
 	if err := q.open(); err != nil {
 		return nil, err
 	}

@@ -449,3 +449,21 @@ func TestQueueAdoptsInterruptedRebuild(t *testing.T) {
 		t.Errorf("after an interrupted rebuild: %d rows queued, want 1", q.len())
 	}
 }
+
+// TestWorkerStartsOverACorruptQueue: the worker process, finding garbage
+// where its queue should be, moves it aside, says so at error level, and
+// works (it used to exit 1, and systemd restarted it every 5 s forever).
+func TestWorkerStartsOverACorruptQueue(t *testing.T) {
+	f := newFarm(t, "").registered()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	writeFile(t, db, strings.Repeat("garbage ", 1000))
+	id := taskID(1)
+	f.fm.queueTask(id, echoCmd("after the corrupt queue"))
+	p := f.start()
+	waitFor(t, 15*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(id) == "completed" })
+	p.stop()
+	kept, _ := filepath.Glob(db + ".corrupt-*")
+	if len(kept) != 1 || !strings.Contains(p.out.String(), "level=ERROR") || !strings.Contains(p.out.String(), kept[0]) {
+		t.Errorf("moved aside: %v; the log does not name it at error level:\n%s", kept, p.out.String())
+	}
+}
