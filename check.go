@@ -25,12 +25,7 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 	}
 	report(true, "config", "valid")
 	checkManager(ctx, cfg, tune, logger, report)
-	if q, err := openQueue(cfg.TaskUpdateQueueDB, logger); err != nil {
-		report(false, "queue", err.Error())
-	} else {
-		report(true, "queue", fmt.Sprintf("%s: %d updates waiting", cfg.TaskUpdateQueueDB, q.len()))
-		q.close()
-	}
+	checkQueue(cfg.TaskUpdateQueueDB, report)
 	tools := []struct{ name, needed string }{{"blender", "blender-render exr-merge test-blender-render"}, {"ffmpeg", "video-encoding"}}
 	for _, tool := range tools {
 		if !slices.ContainsFunc(cfg.TaskTypes, func(t string) bool { return slices.Contains(strings.Fields(tool.needed), t) }) {

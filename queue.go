@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -39,61 +39,48 @@ type queue struct {
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
 	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
+
+	st queueStore // the SQLite file itself (queuestore.go)
 }
 
-// openQueue opens (creating if needed) the queue database.
+// openQueue opens (creating if needed) the queue database; see open.
 func openQueue(path string, logger *slog.Logger) (*queue, error) {
-	dsn := (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=page_size(65536)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=journal_size_limit(16777216)"}).String()
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("opening queue %s: %w", path, err)
+	q := &queue{logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
+	q.st.path = path
+	if abs, err := filepath.Abs(path); err == nil {
+		q.st.path = abs // log lines name the file fully
 	}
-	db.SetMaxOpenConns(1) // one writer; also keeps the pragmas on one connection
-	q := &queue{db: db, logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
-	if err := q.init(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("opening queue %s: %w", path, err)
+	if err := q.open(); err != nil {
+		return nil, err
 	}
 	return q, nil
-}
-
-func (q *queue) init() error {
-	if _, err := q.db.Exec(queueSchema); err != nil {
-		return err
-	}
-	var size int
-	var last sql.NullInt64
-	if err := q.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &last); err != nil {
-		return err
-	}
-	if size == 0 {
-		// Give back the space of rows delivered before; cheap on an empty table.
-		if _, err := q.db.Exec(`VACUUM`); err != nil {
-			return err
-		}
-	}
-	q.size, q.last = size, last.Int64
-	return nil
 }
 
 func (q *queue) close() error { return q.db.Close() }
 
 // enqueue commits one update and returns its row id.
 func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
-	res, err := q.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, payload)
-	if err != nil {
-		return 0, fmt.Errorf("queueing task update: %w", err)
-	}
-	id, err := res.LastInsertId()
+	id, err := q.insert(taskID, payload)
 	if err != nil {
 		return 0, fmt.Errorf("queueing task update: %w", err)
 	}
 	q.mu.Lock()
 	q.size++
 	q.last = id
+	q.st.compacted = false
 	q.notifyLocked()
 	q.mu.Unlock()
 	return id, nil
+}
+
+func (q *queue) insert(taskID string, payload []byte) (int64, error) {
+	q.st.dbMu.RLock()
+	defer q.st.dbMu.RUnlock()
+	res, err := q.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, payload)
+	if err != nil {
+		return 0, err
+	}
+	return res.LastInsertId()
 }
 
 // len is the number of undelivered updates.
@@ -140,20 +127,36 @@ type queuedUpdate struct {
 	payload []byte
 }
 
-// peek returns the oldest row, or nil when the queue is empty.
+// peek returns the oldest row, or nil when the queue is empty. A row that
+// cannot be read is set aside (the file is rebuilt without it), so that the
+// rows behind it are delivered. Called with sendMu held.
 func (q *queue) peek() (*queuedUpdate, error) {
-	var u queuedUpdate
-	err := q.db.QueryRow(`SELECT id, task_id, payload FROM task_updates ORDER BY id LIMIT 1`).Scan(&u.id, &u.taskID, &u.payload)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
+	q.watchFile()
+	rebuilt := false
+	for {
+		u, err := q.readHead()
+		switch {
+		case err == nil && u == nil:
+			q.compactOnce()
+			return nil, nil
+		case err == nil && json.Valid(u.payload):
+			q.mu.Lock()
+			q.head = u.id
+			q.mu.Unlock()
+			return u, nil
+		case err == nil: // SQLite read garbage without noticing: a damaged page
+			if err = q.setAside(u.id, "unreadable: payload is not valid JSON (a damaged page?)"); err == nil {
+				continue
+			}
+		}
+		if !isDamaged(err) || rebuilt {
+			return nil, fmt.Errorf("reading task update queue: %w", err)
+		}
+		if err := q.rebuild("a row cannot be read: "+err.Error(), "corrupt"); err != nil {
+			return nil, fmt.Errorf("reading task update queue: %w", err)
+		}
+		rebuilt = true
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading task update queue: %w", err)
-	}
-	q.mu.Lock()
-	q.head = u.id
-	q.mu.Unlock()
-	return &u, nil
 }
 
 // remove deletes a delivered row. Inserts wait for the disk
