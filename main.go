@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,12 +16,14 @@ import (
 	"time"
 )
 
-// Exit codes: systemd's RestartPreventExitStatus=2 stops a restart loop on
-// a broken config.
+// Exit codes, as the Python worker's: 2 is argparse's usage error, 47 a
+// configuration error, which a restart cannot fix (the unit's
+// RestartPreventExitStatus).
 const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	exitConfig  = 47
 )
 
 // version is stamped by dist.sh (-ldflags "-X main.version=..."); without it
@@ -31,77 +32,6 @@ var version string
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
-
-// options are the command-line flags of the Python worker, plus ours.
-type options struct {
-	config     string
-	verbose    bool
-	version    bool
-	reregister bool
-	debug      bool
-	test       bool
-	single     bool
-	runTask    string
-	check      bool
-}
-
-const usageText = `Usage: flamenco-worker [options]
-
-Runs the Flamenco Worker: registers with the Flamenco Manager, fetches
-tasks, runs their commands and reports back.
-
-Options:
-  -c, --config PATH   read PATH instead of ./flamenco-worker.cfg
-                      ($HOME/.flamenco-worker.cfg is still read on top)
-  -v, --verbose       print the effective configuration (secrets hidden)
-  -V, --version       print the version and exit
-  -r, --reregister    register as a new worker, even with credentials
-  -d, --debug         log at debug level
-  -t, --test          testing mode: only run test-blender-render tasks
-  -1, --single        run one task, then shut down
-      --run-task FILE run the task in FILE (Manager JSON) locally and print
-                      its updates; exit 0 if it completed, 1 if it failed
-      --check         check the config, the Manager, Blender, FFmpeg and the
-                      pre-task checks; print OK/FAIL per check, exit 0 if all pass
-  -h, --help          show this help
-
-Signals: SIGINT/SIGTERM shut down cleanly (a second one exits at once),
-SIGUSR1 prints goroutine stacks and the worker's state to stderr,
-SIGTSTP sends the worker to sleep, SIGCONT wakes it up.
-Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage or config error.
-`
-
-// parseFlags parses the command line; flag.ErrHelp means -h was given.
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	var o options
-	fs := flag.NewFlagSet("flamenco-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usageText) }
-	for _, name := range []string{"c", "config"} {
-		fs.StringVar(&o.config, name, "", "")
-	}
-	bools := []struct {
-		short, long string
-		p           *bool
-	}{
-		{"v", "verbose", &o.verbose}, {"V", "version", &o.version}, {"r", "reregister", &o.reregister},
-		{"d", "debug", &o.debug}, {"t", "test", &o.test}, {"1", "single", &o.single},
-	}
-	for _, b := range bools {
-		fs.BoolVar(b.p, b.short, false, "")
-		fs.BoolVar(b.p, b.long, false, "")
-	}
-	fs.StringVar(&o.runTask, "run-task", "", "")
-	fs.BoolVar(&o.check, "check", false, "")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprint(stderr, usageText)
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return &o, nil
 }
 
 // run is the whole program; only main turns its result into an exit.
@@ -139,12 +69,13 @@ func defaultTuning() tuning {
 }
 
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
-	opts, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	opts, err := parseFlags(args)
+	if errors.Is(err, errHelp) {
+		fmt.Fprint(stdout, usageText)
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
+		fmt.Fprintf(stderr, "%sflamenco-worker: error: %v\n", usageLine, err)
 		return exitUsage
 	}
 	if opts.version {

@@ -152,9 +152,9 @@ func TestCommandLine(t *testing.T) {
 		inStderr string
 	}{
 		{[]string{"--version"}, 0, "", ""},
-		{[]string{"-h"}, 0, "", "--run-task FILE"},
-		{[]string{"--no-such-flag"}, 2, "", "flag provided but not defined"},
-		{[]string{"extra-arg"}, 2, "", "unexpected argument"},
+		{[]string{"-h"}, 0, "--run-task FILE", ""},
+		{[]string{"--no-such-flag"}, 2, "", "unrecognized arguments: --no-such-flag"},
+		{[]string{"extra-arg"}, 2, "", "unrecognized arguments: extra-arg"},
 		{[]string{"--run-task", "examples/hello-task.json"}, 0, "status: completed", ""},
 		{[]string{"--run-task", "testdata/failing-task.json"}, 1, "status: failed", ""},
 		{[]string{"--run-task", "/does/not/exist.json"}, 2, "", "no such file"},
