@@ -23,6 +23,7 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 		}
 		fmt.Fprintf(stdout, "%s %-14s %s\n", word, name, detail)
 	}
+	fmt.Fprintf(stdout, "Flamenco Worker %s\n", workerVersion())
 	report(true, "config", "valid")
 	checkManager(ctx, cfg, tune, logger, report)
 	if q, err := openQueue(cfg.TaskUpdateQueueDB, logger); err != nil {

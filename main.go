@@ -26,9 +26,13 @@ const (
 	exitConfig  = 47
 )
 
-// version is stamped by dist.sh (-ldflags "-X main.version=..."); without it
-// the VCS revision from the build info is used.
-var version string
+// baseVersion is this worker's version. 2.5 is the Python worker it
+// replaces (the same protocol, configuration and command line), so a farm
+// admin reading the Manager's "software" column (our User-Agent) sees which
+// generation it is; go.N counts this implementation's releases and tells
+// it apart from the Python worker's 2.5. Every build reports it (a plain
+// go build too), with the VCS revision added when the build knows it.
+const baseVersion = "2.5.0-go.1"
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
@@ -135,20 +139,22 @@ func newLogger(w io.Writer, debug bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-// workerVersion is the stamped version, or the VCS revision.
+// workerVersion is baseVersion plus, as semver build metadata, the VCS
+// revision the binary was built from ("+0123456789ab", ".dirty" for a
+// modified tree) when the build recorded it. -V, the User-Agent, --check
+// and the start-up log line all use it.
 func workerVersion() string {
-	if version != "" {
-		return version
-	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "dev"
+		return baseVersion
 	}
-	if v := info.Main.Version; v != "" && v != "(devel)" {
-		return strings.TrimPrefix(v, "v")
-	}
+	return versionWith(info.Settings)
+}
+
+// versionWith is workerVersion for the given build settings.
+func versionWith(settings []debug.BuildSetting) string {
 	rev, dirty := "", false
-	for _, s := range info.Settings {
+	for _, s := range settings {
 		switch s.Key {
 		case "vcs.revision":
 			rev = s.Value
@@ -156,16 +162,16 @@ func workerVersion() string {
 			dirty = s.Value == "true"
 		}
 	}
+	if rev == "" {
+		return baseVersion
+	}
 	if len(rev) > 12 {
 		rev = rev[:12]
 	}
-	if rev == "" {
-		return "dev"
-	}
 	if dirty {
-		rev += "-dirty"
+		rev += ".dirty"
 	}
-	return "0.0.0-" + rev
+	return baseVersion + "+" + rev
 }
 
 // newRunEnv is what commands get from the configuration.

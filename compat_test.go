@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestVersionPlainGoBuild builds the worker as a user would, with a plain
+// `go build`, and checks that -V reports the real version (never "dev"),
+// with the VCS revision when the build recorded one.
+func TestVersionPlainGoBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "flamenco-worker")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = startDir
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "-V").Output()
+	if err != nil {
+		t.Fatalf("-V: %v", err)
+	}
+	got := strings.TrimSpace(string(out))
+	if !regexp.MustCompile(`^` + regexp.QuoteMeta(baseVersion) + `(\+[0-9a-f]{12}(\.dirty)?)?$`).MatchString(got) {
+		t.Errorf("-V = %q, want %s with an optional +revision", got, baseVersion)
+	}
+	// If the build recorded a revision (a clean clone; not a git worktree,
+	// nor with GOFLAGS=-buildvcs=false), the version must name it.
+	info, err := exec.Command("go", "version", "-m", bin).Output()
+	if err != nil {
+		t.Fatalf("go version -m: %v", err)
+	}
+	if m := regexp.MustCompile(`vcs\.revision=([0-9a-f]{12})`).FindSubmatch(info); m != nil {
+		if !strings.HasPrefix(got, baseVersion+"+"+string(m[1])) {
+			t.Errorf("-V = %q, but the binary was built from revision %s", got, m[1])
+		}
+	} else {
+		t.Logf("the build recorded no VCS revision; -V = %q", got)
+	}
+}
+
+func TestVersionWithRevision(t *testing.T) {
+	tests := []struct {
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{nil, baseVersion},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "c6f3c5b8d6a50ed6818627732ce08f0b02b68d8f"}}, baseVersion + "+c6f3c5b8d6a5"},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "c6f3c5b8d6a50ed6818627732ce08f0b02b68d8f"}, {Key: "vcs.modified", Value: "true"}}, baseVersion + "+c6f3c5b8d6a5.dirty"},
+		{[]debug.BuildSetting{{Key: "vcs.modified", Value: "true"}}, baseVersion},
+	}
+	for _, tt := range tests {
+		if got := versionWith(tt.settings); got != tt.want {
+			t.Errorf("versionWith(%v) = %q, want %q", tt.settings, got, tt.want)
+		}
+	}
+}
+
+// TestVersionEverywhere: -V, the User-Agent, the start-up log line and
+// --check give the same version.
+func TestVersionEverywhere(t *testing.T) {
+	want := workerVersion()
+	var stdout, stderr bytes.Buffer
+	if code := runTuned(t.Context(), []string{"-V"}, &stdout, &stderr, testTuning()); code != 0 || stdout.String() != want+"\n" {
+		t.Errorf("-V: exit %d, %q; want %q", code, stdout.String(), want)
+	}
+	f := newFarm(t, "").registered()
+	var mu sync.Mutex
+	agents := map[string]bool{}
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			mu.Lock()
+			agents[r.Header.Get("User-Agent")] = true
+			mu.Unlock()
+			return false
+		}
+	})
+	p := f.start()
+	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	p.stop()
+	mu.Lock()
+	if len(agents) != 1 || !agents["Flamenco-Worker/"+want] {
+		t.Errorf("User-Agents %v, want only Flamenco-Worker/%s", agents, want)
+	}
+	mu.Unlock()
+	if !strings.Contains(p.out.String(), "msg=\"starting Flamenco Worker\" version="+want+" ") {
+		t.Errorf("start-up line lacks version=%s:\n%s", want, p.out.String())
+	}
+	c := f.start("--check")
+	c.wait(30 * time.Second)
+	if !strings.Contains(c.out.String(), "Flamenco Worker "+want+"\n") {
+		t.Errorf("--check output lacks the version %s:\n%s", want, c.out.String())
+	}
+}
+
