@@ -102,4 +102,3 @@ func TestVersionEverywhere(t *testing.T) {
 		t.Errorf("--check output lacks the version %s:\n%s", want, c.out.String())
 	}
 }
-
