@@ -102,3 +102,49 @@ func TestVersionEverywhere(t *testing.T) {
 		t.Errorf("--check output lacks the version %s:\n%s", want, c.out.String())
 	}
 }
+
+// TestConfigErrorsExit47: every kind of configuration error makes the
+// worker (a real process) exit 47, as the Python worker does, naming the
+// place, without talking to the Manager.
+func TestConfigErrorsExit47(t *testing.T) {
+	cases := []struct {
+		name, cfg string
+		args      []string
+		want      []string
+	}{
+		{"bad number", "[flamenco-worker]\nmanager_url = http://localhost:8083/\npush_log_max_entries = lots\n", nil,
+			[]string{"flamenco-worker.cfg:3", "push_log_max_entries"}},
+		{"quoted manager_url", "[flamenco-worker]\nmanager_url = \"http://localhost:8083/\"\n", nil,
+			[]string{"manager_url", "quoted"}},
+		{"not a URL", "[flamenco-worker]\nmanager_url = localhost\n", nil, []string{"manager_url"}},
+		{"syntax", "[flamenco-worker]\nmanager_url = http://localhost/\nthis line is nonsense\n", nil, []string{"flamenco-worker.cfg:3"}},
+		{"pre-task check key", "[flamenco-worker]\nmanager_url = http://localhost/\n[pre_task_check]\nexecute.0 = /x\n", nil,
+			[]string{"flamenco-worker.cfg:4", "execute.0"}},
+		{"bad interpolation", "[flamenco-worker]\nmanager_url = http://${nope}/\n", nil, []string{"flamenco-worker.cfg:2", "${nope}"}},
+		{"bad environment name", "[flamenco-worker]\nmanager_url = http://localhost/\n[environment]\nA B = 1\n", nil, []string{"flamenco-worker.cfg:4"}},
+		{"missing --config file", "", []string{"--config", "/does/not/exist.cfg"}, []string{"/does/not/exist.cfg"}},
+		{"--config is a directory", "", []string{"--config", "/"}, []string{"configuration error"}},
+		{"unreadable manager_ca_file", "[flamenco-worker]\nmanager_url = https://localhost/\nmanager_ca_file = /does/not/exist.pem\n", nil,
+			[]string{"manager_ca_file", "/does/not/exist.pem"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFarm(t, "").registered()
+			if c.cfg != "" {
+				writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), c.cfg)
+			}
+			p := f.start(c.args...)
+			if code := p.wait(10 * time.Second); code != exitConfig {
+				t.Errorf("exit code = %d, want %d:\n%s", code, exitConfig, p.out.String())
+			}
+			for _, w := range c.want {
+				if !strings.Contains(p.out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, p.out.String())
+				}
+			}
+			if n := len(f.fm.callPaths()); n != 0 {
+				t.Errorf("%d requests to the Manager with a bad config", n)
+			}
+		})
+	}
+}

@@ -89,13 +89,13 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 	logger := newLogger(stderr, opts.debug)
 	home, err := os.UserHomeDir()
 	if err != nil {
-		fmt.Fprintf(stderr, "flamenco-worker: cannot find the home directory: %v\n", err)
-		return exitUsage
+		fmt.Fprintf(stderr, "flamenco-worker: configuration error: cannot find the home directory: %v\n", err)
+		return exitConfig
 	}
 	cfg, err := loadConfig(opts.config, home, func(msg string) { logger.Warn(msg) })
 	if err != nil {
 		fmt.Fprintf(stderr, "flamenco-worker: configuration error: %v\n", err)
-		return exitUsage
+		return exitConfig
 	}
 	if opts.runTask != "" {
 		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
@@ -212,8 +212,8 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
-		logger.Error("cannot set up the Manager connection", "err", err)
-		return exitUsage
+		logger.Error("configuration error: cannot set up the Manager connection", "err", err)
+		return exitConfig
 	}
 	out := make(chan outgoing, 4)
 	mgr.retryDelay = tune.registerRetry

@@ -239,44 +239,6 @@ func TestExampleRenderTask(t *testing.T) {
 	}
 }
 
-func TestBadConfigExits2(t *testing.T) {
-	cases := []struct {
-		name, cfg string
-		args      []string
-		want      []string
-	}{
-		{"bad number", "[flamenco-worker]\nmanager_url = http://localhost:8083/\npush_log_max_entries = lots\n", nil,
-			[]string{"flamenco-worker.cfg:3", "push_log_max_entries"}},
-		{"quoted manager_url", "[flamenco-worker]\nmanager_url = \"http://localhost:8083/\"\n", nil,
-			[]string{"manager_url", "quoted"}},
-		{"not a URL", "[flamenco-worker]\nmanager_url = localhost\n", nil, []string{"manager_url"}},
-		{"syntax", "[flamenco-worker]\nmanager_url = http://localhost/\nthis line is nonsense\n", nil, []string{"flamenco-worker.cfg:3"}},
-		{"pre-task check key", "[flamenco-worker]\nmanager_url = http://localhost/\n[pre_task_check]\nexecute.0 = /x\n", nil,
-			[]string{"flamenco-worker.cfg:4", "execute.0"}},
-		{"missing --config file", "", []string{"--config", "/does/not/exist.cfg"}, []string{"/does/not/exist.cfg"}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := newFarm(t, "")
-			if c.cfg != "" {
-				writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), c.cfg)
-			}
-			p := f.start(c.args...)
-			if code := p.wait(10 * time.Second); code != 2 {
-				t.Errorf("exit code = %d, want 2", code)
-			}
-			for _, w := range c.want {
-				if !strings.Contains(p.out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, p.out.String())
-				}
-			}
-			if n := len(f.fm.callPaths()); n != 0 {
-				t.Errorf("%d requests to the Manager with a bad config", n)
-			}
-		})
-	}
-}
-
 func TestSilentSubprocessIsKilled(t *testing.T) {
 	f := newFarm(t, "subprocess_timeout_seconds = 0.5").registered()
 	id := taskID(1)
