@@ -148,3 +148,45 @@ func TestConfigErrorsExit47(t *testing.T) {
 		})
 	}
 }
+
+// TestTaskTypesAndJobTypes: job_types alone is honoured; with task_types,
+// task_types wins wherever each is, with one warning naming both.
+func TestTaskTypesAndJobTypes(t *testing.T) {
+	tests := []struct {
+		name, main, home string
+		want             []string
+		warning          string // with main.cfg and home.cfg for the files
+	}{
+		{"job_types alone", "job_types = sleep file-management", "-", []string{"sleep", "file-management"}, ""},
+		{"task_types alone", "task_types = sleep", "-", []string{"sleep"}, ""},
+		{"task_types then job_types", "task_types = a\njob_types = b", "-", []string{"a"},
+			"main.cfg:2: task_types and main.cfg:3: job_types are both set; task_types is used, job_types ignored"},
+		{"job_types then task_types", "job_types = b\ntask_types = a", "-", []string{"a"},
+			"main.cfg:3: task_types and main.cfg:2: job_types are both set; task_types is used, job_types ignored"},
+		{"job_types in the home file", "task_types = a", "[flamenco-worker]\njob_types = b", []string{"a"},
+			"main.cfg:2: task_types and home.cfg:2: job_types are both set; task_types is used, job_types ignored"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := configTestLoad(t, "[flamenco-worker]\n"+tt.main, tt.home)
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if strings.Join(r.cfg.TaskTypes, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("task types %q, want %q", r.cfg.TaskTypes, tt.want)
+			}
+			var warnings []string
+			for _, w := range r.warnings {
+				w = strings.ReplaceAll(w, r.cfgPath, "main.cfg")
+				warnings = append(warnings, strings.ReplaceAll(w, r.homePath, "home.cfg"))
+			}
+			want := []string{}
+			if tt.warning != "" {
+				want = append(want, tt.warning)
+			}
+			if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+				t.Errorf("warnings %q, want %q", warnings, want)
+			}
+		})
+	}
+}

@@ -606,6 +606,7 @@ func loadConfigFiles(files []configFile, home string, warn func(string)) (*Confi
 		merged.merge(f)
 		loaded = append(loaded, cf.path)
 	}
+	warnTaskTypesAlias(merged, warn)
 	cfg := defaultConfig()
 	cfg.HomeConfig = home
 	cfg.LoadedFiles = loaded
@@ -673,6 +674,17 @@ func warnUnknown(f *iniFile, warn func(string)) {
 	}
 }
 
+// warnTaskTypesAlias warns when both task_types and its alias job_types
+// are set: task_types wins, wherever each of them is.
+func warnTaskTypesAlias(f *iniFile, warn func(string)) {
+	sec := f.byName[workerSection]
+	tt, jt := sec.get("task_types"), sec.get(jobTypesKey)
+	if tt == nil || jt == nil || tt.builtin {
+		return
+	}
+	warn(fmt.Sprintf("%s:%d: task_types and %s:%d: job_types are both set; task_types is used, job_types ignored", tt.file, tt.line, jt.file, jt.line))
+}
+
 // knownSection reports whether a section is used, or is one of the Python
 // logging sections that we accept so old files keep working.
 func knownSection(name string) bool {
@@ -703,8 +715,8 @@ func (c *Config) applyWorker(f *iniFile) error {
 	sec := f.byName[workerSection]
 	for _, k := range configKeys() {
 		e := sec.get(k.name)
-		if alias := sec.get(jobTypesKey); k.name == "task_types" && alias != nil && alias.seq > e.seq {
-			e = alias
+		if alias := sec.get(jobTypesKey); k.name == "task_types" && alias != nil && e.builtin {
+			e = alias // job_types alone is honoured; with task_types, task_types wins
 		}
 		if e.builtin {
 			continue
