@@ -190,3 +190,41 @@ func TestTaskTypesAndJobTypes(t *testing.T) {
 		})
 	}
 }
+
+// TestManagerURLPathIsDropped: as with the Python worker, the routes
+// replace manager_url's path, and the path gets one warning at start-up.
+func TestManagerURLPathIsDropped(t *testing.T) {
+	f := newFarm(t, "").registered()
+	writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[flamenco-worker]\nmanager_url = "+f.fm.URL()+"/flamenco/\ntask_types = sleep\n")
+	f.fm.queueTask(taskID(1), echoCmd("path dropped"))
+	p := f.start()
+	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	for _, c := range f.fm.callPaths() {
+		if strings.Contains(c, "/flamenco") {
+			t.Errorf("request %s kept the path", c)
+		}
+	}
+	if n := strings.Count(p.out.String(), "manager_url has a path"); n != 1 {
+		t.Errorf("%d warnings about the path, want 1:\n%s", n, p.out.String())
+	}
+}
+
+func TestManagerBase(t *testing.T) {
+	tests := []struct {
+		url, want string
+		warns     bool
+	}{
+		{"http://manager:8083/", "http://manager:8083", false},
+		{"http://manager:8083", "http://manager:8083", false},
+		{"http://manager:8083/flamenco/", "http://manager:8083", true},
+		{"https://user:pw@manager/sub/path?x=1#frag", "https://user:pw@manager", true},
+	}
+	for _, tt := range tests {
+		var logs bytes.Buffer
+		got, err := managerBase(tt.url, newLogger(&logs, false))
+		if err != nil || got != tt.want || (logs.Len() > 0) != tt.warns {
+			t.Errorf("managerBase(%q) = %q, %v, log %q; want %q, warning %v", tt.url, got, err, logs.String(), tt.want, tt.warns)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -33,7 +34,7 @@ var errForbidden = errors.New("the Manager refused registration (403): check wor
 // manager is the HTTP client for every Manager route the worker uses
 // (spec/manager-v2.md §1). It is safe for concurrent use.
 type manager struct {
-	base       string // manager_url without trailing slash; a path prefix is kept
+	base       string // manager_url's scheme and host: every route is absolute
 	client     *http.Client
 	userAgent  string
 	logger     *slog.Logger
@@ -62,9 +63,13 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
+	base, err := managerBase(baseURL, logger)
+	if err != nil {
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	return &manager{
-		base: strings.TrimRight(baseURL, "/"),
+		base: base,
 		client: &http.Client{
 			Transport: transport,
 			Timeout:   30 * time.Second,
@@ -80,6 +85,22 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		id:         cfg.WorkerID,
 		secret:     cfg.WorkerSecret,
 	}, nil
+}
+
+// managerBase is manager_url without its path, query and fragment. The
+// Python worker joins absolute routes to the URL, which drops its path, and
+// a Manager v2 cannot be served under a path prefix anyway (its dashboard
+// uses absolute links), so a configured path is ignored, with a warning.
+func managerBase(managerURL string, logger *slog.Logger) (string, error) {
+	u, err := url.Parse(managerURL)
+	if err != nil {
+		return "", fmt.Errorf("manager_url: %w", err)
+	}
+	if u.Path != "" && u.Path != "/" {
+		logger.Warn("manager_url has a path; it is ignored, as by the Python worker: the Manager's routes are absolute", "path", u.Path)
+	}
+	u.Path, u.RawPath, u.RawQuery, u.Fragment, u.RawFragment, u.ForceQuery = "", "", "", "", "", false
+	return u.String(), nil
 }
 
 // certPool is the system roots plus the PEM certificates in file.

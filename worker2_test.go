@@ -36,16 +36,6 @@ func TestRegistrationSecret(t *testing.T) {
 	})
 }
 
-func TestManagerURLPathPrefixIsKept(t *testing.T) {
-	f := newFarm(t, "").registered()
-	url := f.fm.prefixedURL("/flamenco")
-	writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[flamenco-worker]\nmanager_url = "+url+"\n")
-	f.fm.queueTask(taskID(1), echoCmd("behind a proxy"))
-	p := f.start()
-	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
-	p.stop()
-}
-
 func TestManagerForgetsWorkerMidRun(t *testing.T) {
 	f := newFarm(t, "").registered()
 	p := f.start()
