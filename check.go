@@ -26,7 +26,7 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 	fmt.Fprintf(stdout, "Flamenco Worker %s\n", workerVersion())
 	report(true, "config", "valid")
 	checkManager(ctx, cfg, tune, logger, report)
-	if q, err := openQueue(cfg.TaskUpdateQueueDB, logger); err != nil {
+	if q, err := openQueue(cfg.TaskUpdateQueueDB, logger, tune.updateBackoff); err != nil {
 		report(false, "queue", err.Error())
 	} else {
 		report(true, "queue", fmt.Sprintf("%s: %d updates waiting", cfg.TaskUpdateQueueDB, q.len()))
@@ -68,7 +68,6 @@ func checkManager(ctx context.Context, cfg *Config, tune tuning, logger *slog.Lo
 		report(false, "manager", err.Error())
 		return
 	}
-	mgr.client.Timeout = 10 * time.Second
 	resp, err := mgr.do(ctx, http.MethodGet, "/status-change", nil, true)
 	if err != nil {
 		report(false, "manager", fmt.Sprintf("%s: %v", url, err))

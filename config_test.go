@@ -562,6 +562,19 @@ subprocess_timeout_seconds = 3600
 task_timeout_seconds = 0
 error_retry_seconds = 600
 manager_ca_file =
+kill_grace_seconds = 5
+fetch_empty_retry_seconds = 5
+fetch_error_retry_seconds = 10
+asleep_poll_interval_seconds = 30
+register_retry_seconds = 30
+queue_size_threshold = 10
+update_backoff_min_seconds = 0.5
+update_backoff_max_seconds = 60
+http_connect_timeout_seconds = 3
+http_response_timeout_seconds = 5
+http_idle_timeout_seconds = 5
+output_produced_interval_seconds = 30
+blend_file_wait_seconds = 5
 
 [pre_task_check]
 read.0 = /shared

@@ -43,35 +43,52 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runTuned(ctx, args, stdout, stderr, defaultTuning())
 }
 
-// tuning holds the worker's fixed delays (spec/python-worker.md §6.10).
-// Only tests change them.
+// tuning holds the worker's delays and limits (spec/python-worker.md
+// §6.10, constants in the Python worker): each is a [flamenco-worker] key
+// (configKeys), with defaultTuning's value as its default. loadConfig
+// builds one tuning value, and each constructor takes what it needs from it.
 type tuning struct {
 	intervals
 	registerRetry time.Duration // between registration/sign-on attempts
 	killGrace     time.Duration // SIGTERM → SIGKILL
 	fileWait      time.Duration // grace for a blend file on a slow share
 	outputWindow  time.Duration // /output-produced at most once per window
-	queueBackoff  time.Duration // first retry delay of the update forwarder
-	queueMaxWait  time.Duration // longest retry delay of the update forwarder
-	ssdpTargets   []string      // where discovery searches for the Manager
-	httpTimeout   time.Duration // deadline of every request to the Manager
+	updateBackoff backoff       // retry delays of the update forwarder
+	http          httpTimeouts
+	ssdpTargets   []string // where discovery searches for the Manager (not a key)
 }
 
+// backoff is an exponential retry delay: it starts at min and doubles up to max.
+type backoff struct{ min, max time.Duration }
+
+// httpTimeouts bound every request to the Manager. There is no overall
+// deadline: a large body takes as long as it keeps moving.
+type httpTimeouts struct {
+	connect time.Duration // TCP connect and TLS handshake
+	header  time.Duration // from the request sent to the response headers
+	idle    time.Duration // longest pause while a body is sent or read
+}
+
+// defaultTuning is the default of every tuning key, the Python worker's
+// value where it has one.
 func defaultTuning() tuning {
 	return tuning{
-		intervals:     defaultIntervals(),
+		intervals:     intervals{fetchEmpty: 5 * time.Second, fetchFailed: 10 * time.Second, asleepPoll: 30 * time.Second, queueLimit: 10},
 		registerRetry: 30 * time.Second,
 		killGrace:     5 * time.Second,
 		fileWait:      5 * time.Second,
 		outputWindow:  30 * time.Second,
-		queueBackoff:  500 * time.Millisecond,
-		queueMaxWait:  time.Minute,
+		updateBackoff: backoff{min: 500 * time.Millisecond, max: time.Minute},
+		// Python: 3 s for connect and read. The response may take a little
+		// longer here, since a POST that times out is sent again.
+		http: httpTimeouts{connect: 3 * time.Second, header: 5 * time.Second, idle: 5 * time.Second},
 		// IPv4 multicast, and IPv6 site-local, as the Python worker.
 		ssdpTargets: []string{"239.255.255.250:1900", "[ff05::c]:1900"},
-		httpTimeout: 30 * time.Second,
 	}
 }
 
+// runTuned is run with tune as the defaults of the tuning keys (tests
+// shorten them); the config files still override them.
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
 	opts, err := parseFlags(args)
 	if errors.Is(err, errHelp) {
@@ -92,17 +109,17 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 		fmt.Fprintf(stderr, "flamenco-worker: configuration error: cannot find the home directory: %v\n", err)
 		return exitConfig
 	}
-	cfg, err := loadConfig(opts.config, home, func(msg string) { logger.Warn(msg) })
+	cfg, err := loadConfigTuned(opts.config, home, tune, func(msg string) { logger.Warn(msg) })
 	if err != nil {
 		fmt.Fprintf(stderr, "flamenco-worker: configuration error: %v\n", err)
 		return exitConfig
 	}
 	if opts.runTask != "" {
-		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
+		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, logger))
 	}
 	applyFlags(cfg, opts, logger)
 	if opts.check {
-		if !preflight(ctx, cfg, tune, stdout, logger) {
+		if !preflight(ctx, cfg, cfg.Tuning, stdout, logger) {
 			return exitFailure
 		}
 		return exitOK
@@ -112,7 +129,7 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
 		}
 	}
-	return serve(ctx, cfg, opts, tune, stderr, logger)
+	return serve(ctx, cfg, opts, stderr, logger)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -175,52 +192,49 @@ func versionWith(settings []debug.BuildSetting) string {
 }
 
 // newRunEnv is what commands get from the configuration.
-func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
+func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
 	return &runEnv{
 		pidFile:        cfg.SubprocessPIDFile,
 		silenceTimeout: cfg.SubprocessTimeout,
-		killGrace:      tune.killGrace,
-		fileWait:       tune.fileWait,
+		killGrace:      cfg.Tuning.killGrace,
+		fileWait:       cfg.Tuning.fileWait,
 		extraEnv:       cfg.Environment,
 		logger:         logger,
 	}
 }
 
-// Shutdown budget: the running task gets killGrace (5 s) to stop, the queue
-// one flush and the Manager a sign-off, all within shutdownBudget of the
-// signal, so systemd's stop never has to SIGKILL us.
-const shutdownBudget = 9 * time.Second
+// signOffBudget is the time for the last flush of the queue and the
+// sign-off, once the running task has stopped (within kill_grace_seconds):
+// with the default 5 s grace the worker is gone 9 s after the signal, well
+// within the unit's TimeoutStopSec.
+const signOffBudget = 4 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
+func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, logger *slog.Logger) int {
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
 	if cfg.ManagerURL == "" {
-		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
+		found, err := discoverManager(ctx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
 		if err != nil {
 			logger.Error("cannot find the Manager", "err", err)
 			return exitFailure
 		}
 		cfg.ManagerURL = found // kept in memory only, as in the Python worker
 	}
-	q, err := openQueue(cfg.TaskUpdateQueueDB, logger)
+	q, err := openQueue(cfg.TaskUpdateQueueDB, logger, cfg.Tuning.updateBackoff)
 	if err != nil {
 		logger.Error("cannot open the task update queue", "err", err)
 		return exitFailure
 	}
 	defer q.close()
 	reapOrphan(cfg.SubprocessPIDFile, logger)
-	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
 		logger.Error("configuration error: cannot set up the Manager connection", "err", err)
 		return exitConfig
 	}
 	out := make(chan outgoing, 4)
-	mgr.retryDelay = tune.registerRetry
-	mgr.client.Timeout = tune.httpTimeout
-	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
+	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), out, logger)
 	w.single = opts.single
-	w.iv = tune.intervals
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -233,7 +247,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	defer func() { close(stopSignals); <-sigDone }()
 
 	done := make(chan int, 1)
-	go func() { done <- w.serve(runCtx, stop, opts, tune.outputWindow) }() // ends after the shutdown sequence
+	go func() { done <- w.serve(runCtx, stop, opts) }() // ends after the shutdown sequence
 	select {
 	case code := <-done:
 		return code
@@ -245,7 +259,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 }
 
 // serve signs on, runs the loop and shuts down cleanly.
-func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options, outputWindow time.Duration) int {
+func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options) int {
 	if err := w.mgr.startup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // stopped while still registering or signing on
@@ -257,8 +271,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	if opts.test {
 		w.ack(ctx, "testing")
 	}
-	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.logger)
-	notifier.window = outputWindow
+	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.cfg.Tuning.outputWindow, w.logger)
 	w.env.output = notifier.notify
 
 	fwdCtx, stopForwarding := context.WithCancel(context.Background())
@@ -274,7 +287,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 
 	w.loop(ctx)
 	sdNotify("STOPPING=1")
-	deadline := time.Now().Add(shutdownBudget - w.env.killGrace)
+	deadline := time.Now().Add(signOffBudget)
 	w.setState(stateShutdown)
 	stop()
 	close(w.out)

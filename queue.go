@@ -38,18 +38,19 @@ type queue struct {
 	head    int64         // id of the oldest undelivered row; 0 when unknown
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
-	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
+	retry backoff // retry delays of the forwarder
 }
 
-// openQueue opens (creating if needed) the queue database.
-func openQueue(path string, logger *slog.Logger) (*queue, error) {
+// openQueue opens (creating if needed) the queue database; retry is the
+// forwarder's backoff (update_backoff_min/max_seconds).
+func openQueue(path string, logger *slog.Logger, retry backoff) (*queue, error) {
 	dsn := (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=page_size(65536)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=journal_size_limit(16777216)"}).String()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1) // one writer; also keeps the pragmas on one connection
-	q := &queue{db: db, logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
+	q := &queue{db: db, logger: logger, changed: make(chan struct{}), retry: retry}
 	if err := q.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening queue %s: %w", path, err)
@@ -249,7 +250,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 			if ctx.Err() != nil {
 				return
 			}
-			backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
+			backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
 			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
 			sleepCtx(ctx, backoff)
 		default:
