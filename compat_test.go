@@ -124,7 +124,7 @@ func TestConfigErrorsExit47(t *testing.T) {
 		{"bad environment name", "[flamenco-worker]\nmanager_url = http://localhost/\n[environment]\nA B = 1\n", nil, []string{"flamenco-worker.cfg:4"}},
 		{"interval below its minimum", "[flamenco-worker]\nmanager_url = http://localhost/\nmay_i_run_interval_seconds = 0.000000001\n", nil,
 			[]string{"flamenco-worker.cfg:3", "may_i_run_interval_seconds", "at least 0.1"}},
-		{"backoff cap below its start", "[flamenco-worker]\nmanager_url = http://localhost/\nupdate_backoff_max_seconds = 0.2\n", nil,
+		{"backoff cap below its start", "[flamenco-worker]\nmanager_url = http://localhost/\nupdate_backoff_max_seconds = 1\nupdate_backoff_min_seconds = 5\n", nil,
 			[]string{"flamenco-worker.cfg:3", "update_backoff_max_seconds"}},
 		{"missing --config file", "", []string{"--config", "/does/not/exist.cfg"}, []string{"/does/not/exist.cfg"}},
 		{"--config is a directory", "", []string{"--config", "/"}, []string{"configuration error"}},

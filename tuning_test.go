@@ -273,4 +273,3 @@ func TestHangingTaskFetchIsRetried(t *testing.T) {
 		t.Errorf("the log does not say why the fetch failed:\n%s", p.out.String())
 	}
 }
-
