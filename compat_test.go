@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -231,4 +233,50 @@ func TestManagerBase(t *testing.T) {
 			t.Errorf("managerBase(%q) = %q, %v, log %q; want %q, warning %v", tt.url, got, err, logs.String(), tt.want, tt.warns)
 		}
 	}
+}
+
+// TestExampleCrontab runs the shipped office-hours crontab's commands
+// against a real worker (systemctl stands in for the unit): the 08:00 line
+// sends it to sleep, the 20:00 line wakes it.
+func TestExampleCrontab(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(startDir, "examples", "crontab"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jobs [][]string // schedule fields, then the command
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line == "" || line[0] == '#' {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) < 6 {
+			t.Fatalf("crontab line %q: want five time fields and a command", line)
+		}
+		jobs = append(jobs, append(fields[:5:5], strings.Join(fields[5:], " ")))
+	}
+	if len(jobs) != 2 || strings.Join(jobs[0][:5], " ") != "0 8 * * 1-5" || strings.Join(jobs[1][:5], " ") != "0 20 * * 1-5" {
+		t.Fatalf("crontab jobs %q, want sleep at 08:00 and wake at 20:00 on weekdays", jobs)
+	}
+	if strings.Contains(string(data), "kill -USR1") || strings.Contains(string(data), "-USR1 ") {
+		t.Errorf("the crontab still sends SIGUSR1 to sleep")
+	}
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	bin := t.TempDir()
+	writeFile(t, filepath.Join(bin, "systemctl"), fmt.Sprintf("#!/bin/sh\necho %d\n", p.cmd.Process.Pid))
+	os.Chmod(filepath.Join(bin, "systemctl"), 0o755)
+	cron := func(command string) {
+		t.Helper()
+		sh := exec.Command("/bin/sh", "-c", command)
+		sh.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		if out, err := sh.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", command, err, out)
+		}
+	}
+	cron(jobs[0][5])
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	cron(jobs[1][5])
+	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
+	p.stop()
 }
