@@ -280,3 +280,35 @@ func TestExampleCrontab(t *testing.T) {
 	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
 	p.stop()
 }
+
+// TestREADMEListsEveryKey: the README's configuration reference has a row
+// for every [flamenco-worker] key, with its default.
+func TestREADMEListsEveryKey(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(startDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) > 3 && strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.TrimSpace(cells[2])
+		}
+	}
+	def := defaultConfig()
+	for _, k := range configKeys() {
+		got, ok := rows[k.name]
+		want := k.format(&def)
+		switch {
+		case !ok:
+			t.Errorf("README has no row for %s", k.name)
+		case want == "" && !strings.HasPrefix(got, "("):
+			t.Errorf("README: %s default %q, want an explanation in parentheses", k.name, got)
+		case want != "" && got != want:
+			t.Errorf("README: %s default %q, want %q", k.name, got, want)
+		}
+	}
+	if !strings.Contains(string(data), "\n## Moving from the Python worker\n") {
+		t.Errorf("README has no section \"Moving from the Python worker\"")
+	}
+}
