@@ -89,6 +89,11 @@ func TestFlagsLikeArgparse(t *testing.T) {
 		{[]string{"--", "-v"}, "error: unrecognized arguments: -- -v"},
 		{[]string{"-5"}, "error: unrecognized arguments: -5"},
 		{[]string{"--no-such-flag", "-v", "x"}, "error: unrecognized arguments: --no-such-flag x"},
+		{[]string{"-v="}, "error: argument -v/--verbose: ignored explicit argument ''"},
+		{[]string{"--verbose="}, "error: argument -v/--verbose: ignored explicit argument ''"},
+		{[]string{"-1.5"}, "error: argument -1/--single: ignored explicit argument '.5'"},
+		{[]string{"--check=x"}, "error: argument --check: ignored explicit argument 'x'"},
+		{[]string{"-c", "a", "b"}, "error: unrecognized arguments: b"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
