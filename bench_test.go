@@ -47,7 +47,7 @@ func BenchmarkQueue(b *testing.B) {
 	payload := []byte(`{"task_status":"active","activity":"Rendering frame 2 of 3","current_command_idx":0,"task_progress_percentage":66,"command_progress_percentage":66,"log":"2026-11-29T03:00:00.000000+00:00: pid=1234 > Fra:2 Mem:12.34M (Peak 56.78M) | Time:00:01.23 | Sample 3/4"}`)
 	var enqueue, forward time.Duration
 	for i := 0; b.Loop(); i++ {
-		q, err := openQueue(filepath.Join(b.TempDir(), fmt.Sprintf("q%d.db", i)), quietLogger)
+		q, err := openQueue(filepath.Join(b.TempDir(), fmt.Sprintf("q%d.db", i)), quietLogger, defaultTuning().updateBackoff)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -78,7 +78,7 @@ func BenchmarkOutputPath(b *testing.B) {
 	env := testEnv()
 	var cpu time.Duration
 	for i := 0; b.Loop(); i++ {
-		q, err := openQueue(filepath.Join(b.TempDir(), fmt.Sprintf("q%d.db", i)), quietLogger)
+		q, err := openQueue(filepath.Join(b.TempDir(), fmt.Sprintf("q%d.db", i)), quietLogger, defaultTuning().updateBackoff)
 		if err != nil {
 			b.Fatal(err)
 		}

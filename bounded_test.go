@@ -55,7 +55,7 @@ func TestOutputMemoryIsBounded(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			runtime.GC()
-			q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger)
+			q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger, defaultTuning().updateBackoff)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -23,6 +23,7 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 		}
 		fmt.Fprintf(stdout, "%s %-14s %s\n", word, name, detail)
 	}
+	fmt.Fprintf(stdout, "Flamenco Worker %s\n", workerVersion())
 	report(true, "config", "valid")
 	checkManager(ctx, cfg, tune, logger, report)
 	checkQueue(cfg.TaskUpdateQueueDB, report)
@@ -62,7 +63,6 @@ func checkManager(ctx context.Context, cfg *Config, tune tuning, logger *slog.Lo
 		report(false, "manager", err.Error())
 		return
 	}
-	mgr.client.Timeout = 10 * time.Second
 	resp, err := mgr.do(ctx, http.MethodGet, "/status-change", nil, true)
 	if err != nil {
 		report(false, "manager", fmt.Sprintf("%s: %v", url, err))

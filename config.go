@@ -38,6 +38,10 @@ type Config struct {
 	ErrorRetry        time.Duration
 	ManagerCAFile     string
 
+	// Tuning holds the keys for what were constants in the Python worker:
+	// delays, timeouts and limits.
+	Tuning tuning
+
 	// Environment holds the [environment] section as "KEY=value" pairs, in
 	// file order; they are set in every subprocess's environment.
 	Environment []string
@@ -76,6 +80,7 @@ func defaultConfig() Config {
 		PushActMaxInterval: 15 * time.Second,
 		SubprocessTimeout:  3600 * time.Second,
 		ErrorRetry:         600 * time.Second,
+		Tuning:             defaultTuning(),
 	}
 }
 
@@ -421,7 +426,19 @@ type configKey struct {
 	zeroOK bool                // numbers: whether 0 is allowed (negative never is)
 	check  func(string) error  // strings: extra validation
 	secret bool                // hidden in writeEffective
+	// min and max bound a number (seconds for a duration); 0 means no
+	// bound. A zeroOK key may also be 0 (off, or "at once").
+	min, max float64
 }
+
+// Bounds of the time keys: a loop that talks to the Manager must not spin
+// (may_i_run_interval_seconds = 0.000000001 once sent 2,700 requests a
+// second), and a delay of years is a typo.
+const (
+	minSeconds = 0.1
+	hour       = 3600.0
+	day        = 24 * hour
+)
 
 // configKeys lists the [flamenco-worker] keys in the order the Python worker
 // documents them, then ours.
@@ -431,17 +448,31 @@ func configKeys() []configKey {
 		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
 		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
 		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
-		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }},
+		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }, min: minSeconds, max: hour},
 		{name: credIDKey, field: func(c *Config) any { return &c.WorkerID }},
 		{name: credSecretKey, field: func(c *Config) any { return &c.WorkerSecret }, secret: true},
 		{name: "worker_registration_secret", field: func(c *Config) any { return &c.WorkerRegistrationSecret }, secret: true},
-		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true},
-		{name: "push_log_max_entries", field: func(c *Config) any { return &c.PushLogMaxEntries }, zeroOK: true},
-		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true},
-		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true},
-		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true},
-		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }},
+		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
+		{name: "push_log_max_entries", field: func(c *Config) any { return &c.PushLogMaxEntries }, zeroOK: true, max: 100000},
+		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
+		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true, min: minSeconds, max: 30 * day},
+		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true, min: minSeconds, max: 365 * day},
+		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }, min: minSeconds, max: day},
 		{name: "manager_ca_file", field: func(c *Config) any { return &c.ManagerCAFile }},
+		// What were constants in the Python worker (spec/python-worker.md §6.10).
+		{name: "kill_grace_seconds", field: func(c *Config) any { return &c.Tuning.killGrace }, min: minSeconds, max: 60},
+		{name: "fetch_empty_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchEmpty }, min: minSeconds, max: hour},
+		{name: "fetch_error_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchFailed }, min: minSeconds, max: hour},
+		{name: "asleep_poll_interval_seconds", field: func(c *Config) any { return &c.Tuning.asleepPoll }, min: minSeconds, max: hour},
+		{name: "register_retry_seconds", field: func(c *Config) any { return &c.Tuning.registerRetry }, min: minSeconds, max: hour},
+		{name: "queue_size_threshold", field: func(c *Config) any { return &c.Tuning.queueLimit }, zeroOK: true, max: 100000},
+		{name: "update_backoff_min_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.min }, min: minSeconds, max: hour},
+		{name: "update_backoff_max_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.max }, min: minSeconds, max: day},
+		{name: "http_connect_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.connect }, min: minSeconds, max: 300},
+		{name: "http_response_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.header }, min: minSeconds, max: 300},
+		{name: "http_idle_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.idle }, min: minSeconds, max: 300},
+		{name: "output_produced_interval_seconds", field: func(c *Config) any { return &c.Tuning.outputWindow }, min: minSeconds, max: hour},
+		{name: "blend_file_wait_seconds", field: func(c *Config) any { return &c.Tuning.fileWait }, zeroOK: true, min: minSeconds, max: 600},
 	}
 }
 
@@ -482,13 +513,37 @@ func (k configKey) set(c *Config, v string) error {
 		if n < 0 {
 			return fmt.Errorf("must not be negative, not %d", n)
 		}
+		if err := k.inBounds(float64(n), v, ""); err != nil {
+			return err
+		}
 		*p = n
 	case *time.Duration:
 		d, err := parseSeconds(v, k.zeroOK)
 		if err != nil {
 			return err
 		}
+		if err := k.inBounds(d.Seconds(), v, " seconds"); err != nil {
+			return err
+		}
 		*p = d
+	}
+	return nil
+}
+
+// inBounds checks a number against the key's min and max; a zeroOK key's
+// 0 is always fine.
+func (k configKey) inBounds(f float64, v, unit string) error {
+	if f == 0 && k.zeroOK {
+		return nil
+	}
+	fmtNum := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+	switch {
+	case k.min > 0 && f < k.min && k.zeroOK:
+		return fmt.Errorf("must be 0 or at least %s%s, not %s", fmtNum(k.min), unit, v)
+	case k.min > 0 && f < k.min:
+		return fmt.Errorf("must be at least %s%s, not %s", fmtNum(k.min), unit, v)
+	case k.max > 0 && f > k.max:
+		return fmt.Errorf("must be at most %s%s, not %s", fmtNum(k.max), unit, v)
 	}
 	return nil
 }
@@ -577,6 +632,12 @@ type configFile struct {
 // place to store credentials). Unknown sections and keys are reported
 // through warn (which may be nil) and otherwise ignored.
 func loadConfig(cfgFile, homeDir string, warn func(string)) (*Config, error) {
+	return loadConfigTuned(cfgFile, homeDir, defaultTuning(), warn)
+}
+
+// loadConfigTuned is loadConfig with tune as the defaults of the tuning
+// keys (tests shorten them; a file still overrides them).
+func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*Config, error) {
 	files := []configFile{{path: cwdConfigName}}
 	if cfgFile != "" {
 		files[0] = configFile{path: cfgFile, required: true}
@@ -586,11 +647,11 @@ func loadConfig(cfgFile, homeDir string, warn func(string)) (*Config, error) {
 		home = filepath.Join(homeDir, homeConfigName)
 		files = append(files, configFile{path: home})
 	}
-	return loadConfigFiles(files, home, warn)
+	return loadConfigFiles(files, home, tune, warn)
 }
 
 // loadConfigFiles lays files over the defaults, in order.
-func loadConfigFiles(files []configFile, home string, warn func(string)) (*Config, error) {
+func loadConfigFiles(files []configFile, home string, tune tuning, warn func(string)) (*Config, error) {
 	if warn == nil {
 		warn = func(string) {}
 	}
@@ -609,11 +670,21 @@ func loadConfigFiles(files []configFile, home string, warn func(string)) (*Confi
 		merged.merge(f)
 		loaded = append(loaded, cf.path)
 	}
+	warnTaskTypesAlias(merged, warn)
 	cfg := defaultConfig()
+	cfg.Tuning = tune
 	cfg.HomeConfig = home
 	cfg.LoadedFiles = loaded
 	if err := cfg.apply(merged); err != nil {
 		return nil, err
+	}
+	if b := cfg.Tuning.updateBackoff; b.max < b.min {
+		e := merged.lookup(workerSection, "update_backoff_max_seconds")
+		if e.builtin {
+			e = merged.lookup(workerSection, "update_backoff_min_seconds")
+		}
+		return nil, e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
+			e.key, strconv.FormatFloat(b.max.Seconds(), 'f', -1, 64), strconv.FormatFloat(b.min.Seconds(), 'f', -1, 64))
 	}
 	return &cfg, nil
 }
@@ -676,6 +747,17 @@ func warnUnknown(f *iniFile, warn func(string)) {
 	}
 }
 
+// warnTaskTypesAlias warns when both task_types and its alias job_types
+// are set: task_types wins, wherever each of them is.
+func warnTaskTypesAlias(f *iniFile, warn func(string)) {
+	sec := f.byName[workerSection]
+	tt, jt := sec.get("task_types"), sec.get(jobTypesKey)
+	if tt == nil || jt == nil || tt.builtin {
+		return
+	}
+	warn(fmt.Sprintf("%s:%d: task_types and %s:%d: job_types are both set; task_types is used, job_types ignored", tt.file, tt.line, jt.file, jt.line))
+}
+
 // knownSection reports whether a section is used; the Python logging
 // sections are read by parseLogging.
 func knownSection(name string) bool {
@@ -707,8 +789,8 @@ func (c *Config) applyWorker(f *iniFile) error {
 	sec := f.byName[workerSection]
 	for _, k := range configKeys() {
 		e := sec.get(k.name)
-		if alias := sec.get(jobTypesKey); k.name == "task_types" && alias != nil && alias.seq > e.seq {
-			e = alias
+		if alias := sec.get(jobTypesKey); k.name == "task_types" && alias != nil && e.builtin {
+			e = alias // job_types alone is honoured; with task_types, task_types wins
 		}
 		if e.builtin {
 			continue

@@ -263,10 +263,10 @@ func TestConfigKeys(t *testing.T) {
 		{"colon delimiter", "manager_url: http://m:8083/", "-", func(c *Config) any { return c.ManagerURL }, "http://m:8083/"},
 		{"task_types split on whitespace", "task_types =  sleep\tblender-render  \n   exr-merge", "-", func(c *Config) any { return c.TaskTypes }, []string{"sleep", "blender-render", "exr-merge"}},
 		{"job_types alias", "job_types = sleep file-management", "-", func(c *Config) any { return c.TaskTypes }, []string{"sleep", "file-management"}},
-		{"job_types after task_types wins", "task_types = a\njob_types = b", "-", func(c *Config) any { return c.TaskTypes }, []string{"b"}},
+		{"task_types wins over a later job_types", "task_types = a\njob_types = b", "-", func(c *Config) any { return c.TaskTypes }, []string{"a"}},
 		{"task_types after job_types wins", "job_types = b\ntask_types = a", "-", func(c *Config) any { return c.TaskTypes }, []string{"a"}},
 		{"home task_types over cwd job_types", "job_types = b", "[flamenco-worker]\ntask_types = a", func(c *Config) any { return c.TaskTypes }, []string{"a"}},
-		{"home job_types over cwd task_types", "task_types = a", "[flamenco-worker]\njob_types = b", func(c *Config) any { return c.TaskTypes }, []string{"b"}},
+		{"cwd task_types over home job_types", "task_types = a", "[flamenco-worker]\njob_types = b", func(c *Config) any { return c.TaskTypes }, []string{"a"}},
 		{"task_update_queue_db", "task_update_queue_db = /var/lib/fw/queue.db", "-", func(c *Config) any { return c.TaskUpdateQueueDB }, "/var/lib/fw/queue.db"},
 		{"subprocess_pid_file empty disables", "subprocess_pid_file =", "-", func(c *Config) any { return c.SubprocessPIDFile }, ""},
 		{"may_i_run_interval_seconds float", "may_i_run_interval_seconds = 2.5", "-", func(c *Config) any { return c.MayIRunInterval }, 2500 * time.Millisecond},
@@ -562,6 +562,19 @@ subprocess_timeout_seconds = 3600
 task_timeout_seconds = 0
 error_retry_seconds = 600
 manager_ca_file =
+kill_grace_seconds = 5
+fetch_empty_retry_seconds = 5
+fetch_error_retry_seconds = 10
+asleep_poll_interval_seconds = 30
+register_retry_seconds = 30
+queue_size_threshold = 10
+update_backoff_min_seconds = 0.5
+update_backoff_max_seconds = 60
+http_connect_timeout_seconds = 3
+http_response_timeout_seconds = 5
+http_idle_timeout_seconds = 5
+output_produced_interval_seconds = 30
+blend_file_wait_seconds = 5
 
 [pre_task_check]
 read.0 = /shared

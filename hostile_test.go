@@ -59,7 +59,7 @@ func TestHostileManager(t *testing.T) {
 	waitFor(t, 30*time.Second, "a task after the hostile answers", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
 	p.stop()
 	out := p.out.String()
-	for _, want := range []string{"Client.Timeout exceeded", "response larger than", "302 Found", "Manager sent a task we cannot read"} {
+	for _, want := range []string{"timeout awaiting response headers", "response larger than", "302 Found", "Manager sent a task we cannot read"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("worker log lacks %q", want)
 		}

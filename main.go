@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,91 +16,26 @@ import (
 	"time"
 )
 
-// Exit codes: systemd's RestartPreventExitStatus=2 stops a restart loop on
-// a broken config.
+// Exit codes, as the Python worker's: 2 is argparse's usage error, 47 a
+// configuration error, which a restart cannot fix (the unit's
+// RestartPreventExitStatus).
 const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	exitConfig  = 47
 )
 
-// version is stamped by dist.sh (-ldflags "-X main.version=..."); without it
-// the VCS revision from the build info is used.
-var version string
+// baseVersion is this worker's version. 2.5 is the Python worker it
+// replaces (the same protocol, configuration and command line), so a farm
+// admin reading the Manager's "software" column (our User-Agent) sees which
+// generation it is; go.N counts this implementation's releases and tells
+// it apart from the Python worker's 2.5. Every build reports it (a plain
+// go build too), with the VCS revision added when the build knows it.
+const baseVersion = "2.5.0-go.1"
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
-}
-
-// options are the command-line flags of the Python worker, plus ours.
-type options struct {
-	config     string
-	verbose    bool
-	version    bool
-	reregister bool
-	debug      bool
-	test       bool
-	single     bool
-	runTask    string
-	check      bool
-}
-
-const usageText = `Usage: flamenco-worker [options]
-
-Runs the Flamenco Worker: registers with the Flamenco Manager, fetches
-tasks, runs their commands and reports back.
-
-Options:
-  -c, --config PATH   read PATH instead of ./flamenco-worker.cfg
-                      ($HOME/.flamenco-worker.cfg is still read on top)
-  -v, --verbose       print the effective configuration (secrets hidden)
-  -V, --version       print the version and exit
-  -r, --reregister    register as a new worker, even with credentials
-  -d, --debug         log at debug level
-  -t, --test          testing mode: only run test-blender-render tasks
-  -1, --single        run one task, then shut down
-      --run-task FILE run the task in FILE (Manager JSON) locally and print
-                      its updates; exit 0 if it completed, 1 if it failed
-      --check         check the config, the Manager, Blender, FFmpeg and the
-                      pre-task checks; print OK/FAIL per check, exit 0 if all pass
-  -h, --help          show this help
-
-Signals: SIGINT/SIGTERM shut down cleanly (a second one exits at once),
-SIGUSR1 prints goroutine stacks and the worker's state to stderr,
-SIGTSTP sends the worker to sleep, SIGCONT wakes it up.
-Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage or config error.
-`
-
-// parseFlags parses the command line; flag.ErrHelp means -h was given.
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	var o options
-	fs := flag.NewFlagSet("flamenco-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usageText) }
-	for _, name := range []string{"c", "config"} {
-		fs.StringVar(&o.config, name, "", "")
-	}
-	bools := []struct {
-		short, long string
-		p           *bool
-	}{
-		{"v", "verbose", &o.verbose}, {"V", "version", &o.version}, {"r", "reregister", &o.reregister},
-		{"d", "debug", &o.debug}, {"t", "test", &o.test}, {"1", "single", &o.single},
-	}
-	for _, b := range bools {
-		fs.BoolVar(b.p, b.short, false, "")
-		fs.BoolVar(b.p, b.long, false, "")
-	}
-	fs.StringVar(&o.runTask, "run-task", "", "")
-	fs.BoolVar(&o.check, "check", false, "")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprint(stderr, usageText)
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return &o, nil
 }
 
 // run is the whole program; only main turns its result into an exit.
@@ -109,42 +43,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runTuned(ctx, args, stdout, stderr, defaultTuning())
 }
 
-// tuning holds the worker's fixed delays (spec/python-worker.md §6.10).
-// Only tests change them.
+// tuning holds the worker's delays and limits (spec/python-worker.md
+// §6.10, constants in the Python worker): each is a [flamenco-worker] key
+// (configKeys), with defaultTuning's value as its default. loadConfig
+// builds one tuning value, and each constructor takes what it needs from it.
 type tuning struct {
 	intervals
 	registerRetry time.Duration // between registration/sign-on attempts
 	killGrace     time.Duration // SIGTERM → SIGKILL
 	fileWait      time.Duration // grace for a blend file on a slow share
 	outputWindow  time.Duration // /output-produced at most once per window
-	queueBackoff  time.Duration // first retry delay of the update forwarder
-	queueMaxWait  time.Duration // longest retry delay of the update forwarder
-	ssdpTargets   []string      // where discovery searches for the Manager
-	httpTimeout   time.Duration // deadline of every request to the Manager
+	updateBackoff backoff       // retry delays of the update forwarder
+	http          httpTimeouts
+	ssdpTargets   []string // where discovery searches for the Manager (not a key)
 }
 
+// backoff is an exponential retry delay: it starts at min and doubles up to max.
+type backoff struct{ min, max time.Duration }
+
+// httpTimeouts bound every request to the Manager. There is no overall
+// deadline: a large body takes as long as it keeps moving.
+type httpTimeouts struct {
+	connect time.Duration // TCP connect and TLS handshake
+	header  time.Duration // from the request sent to the response headers
+	idle    time.Duration // longest pause while a body is sent or read
+}
+
+// defaultTuning is the default of every tuning key, the Python worker's
+// value where it has one.
 func defaultTuning() tuning {
 	return tuning{
-		intervals:     defaultIntervals(),
+		intervals:     intervals{fetchEmpty: 5 * time.Second, fetchFailed: 10 * time.Second, asleepPoll: 30 * time.Second, queueLimit: 10},
 		registerRetry: 30 * time.Second,
 		killGrace:     5 * time.Second,
 		fileWait:      5 * time.Second,
 		outputWindow:  30 * time.Second,
-		queueBackoff:  500 * time.Millisecond,
-		queueMaxWait:  time.Minute,
+		updateBackoff: backoff{min: 500 * time.Millisecond, max: time.Minute},
+		// Python: 3 s for connect and read. The response may take a little
+		// longer here, since a POST that times out is sent again.
+		http: httpTimeouts{connect: 3 * time.Second, header: 5 * time.Second, idle: 5 * time.Second},
 		// IPv4 multicast, and IPv6 site-local, as the Python worker.
 		ssdpTargets: []string{"239.255.255.250:1900", "[ff05::c]:1900"},
-		httpTimeout: 30 * time.Second,
 	}
 }
 
+// runTuned is run with tune as the defaults of the tuning keys (tests
+// shorten them); the config files still override them.
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
-	opts, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	opts, err := parseFlags(args)
+	if errors.Is(err, errHelp) {
+		fmt.Fprint(stdout, usageText)
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
+		fmt.Fprintf(stderr, "%sflamenco-worker: error: %v\n", usageLine, err)
 		return exitUsage
 	}
 	if opts.version {
@@ -154,23 +106,23 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 	logger := newLogger(stderr, opts.debug)
 	home, err := os.UserHomeDir()
 	if err != nil {
-		fmt.Fprintf(stderr, "flamenco-worker: cannot find the home directory: %v\n", err)
-		return exitUsage
+		fmt.Fprintf(stderr, "flamenco-worker: configuration error: cannot find the home directory: %v\n", err)
+		return exitConfig
 	}
-	cfg, err := loadConfig(opts.config, home, func(msg string) { logger.Warn(msg) })
+	cfg, err := loadConfigTuned(opts.config, home, tune, func(msg string) { logger.Warn(msg) })
 	if err != nil {
 		fmt.Fprintf(stderr, "flamenco-worker: configuration error: %v\n", err)
-		return exitUsage
+		return exitConfig
 	}
 	logs := newLogSetup(cfg.Logging, stderr, opts.debug, time.Now)
 	defer logs.close()
 	logger = logs.logger
 	if opts.runTask != "" {
-		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
+		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, logger))
 	}
 	applyFlags(cfg, opts, logger)
 	if opts.check {
-		if !preflight(ctx, cfg, tune, stdout, logger) {
+		if !preflight(ctx, cfg, cfg.Tuning, stdout, logger) {
 			return exitFailure
 		}
 		return exitOK
@@ -180,7 +132,7 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
 		}
 	}
-	return serve(ctx, cfg, opts, tune, stderr, logs)
+	return serve(ctx, cfg, opts, stderr, logs)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -208,20 +160,22 @@ func newLogger(w io.Writer, debug bool) *slog.Logger {
 	return slog.New(newStderrHandler(w, level, os.Getenv))
 }
 
-// workerVersion is the stamped version, or the VCS revision.
+// workerVersion is baseVersion plus, as semver build metadata, the VCS
+// revision the binary was built from ("+0123456789ab", ".dirty" for a
+// modified tree) when the build recorded it. -V, the User-Agent, --check
+// and the start-up log line all use it.
 func workerVersion() string {
-	if version != "" {
-		return version
-	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "dev"
+		return baseVersion
 	}
-	if v := info.Main.Version; v != "" && v != "(devel)" {
-		return strings.TrimPrefix(v, "v")
-	}
+	return versionWith(info.Settings)
+}
+
+// versionWith is workerVersion for the given build settings.
+func versionWith(settings []debug.BuildSetting) string {
 	rev, dirty := "", false
-	for _, s := range info.Settings {
+	for _, s := range settings {
 		switch s.Key {
 		case "vcs.revision":
 			rev = s.Value
@@ -229,66 +183,63 @@ func workerVersion() string {
 			dirty = s.Value == "true"
 		}
 	}
+	if rev == "" {
+		return baseVersion
+	}
 	if len(rev) > 12 {
 		rev = rev[:12]
 	}
-	if rev == "" {
-		return "dev"
-	}
 	if dirty {
-		rev += "-dirty"
+		rev += ".dirty"
 	}
-	return "0.0.0-" + rev
+	return baseVersion + "+" + rev
 }
 
 // newRunEnv is what commands get from the configuration.
-func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
+func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
 	return &runEnv{
 		pidFile:        cfg.SubprocessPIDFile,
 		silenceTimeout: cfg.SubprocessTimeout,
-		killGrace:      tune.killGrace,
-		fileWait:       tune.fileWait,
+		killGrace:      cfg.Tuning.killGrace,
+		fileWait:       cfg.Tuning.fileWait,
 		extraEnv:       cfg.Environment,
 		logger:         logger,
 	}
 }
 
-// Shutdown budget: the running task gets killGrace (5 s) to stop, the queue
-// one flush and the Manager a sign-off, all within shutdownBudget of the
-// signal, so systemd's stop never has to SIGKILL us.
-const shutdownBudget = 9 * time.Second
+// signOffBudget is the time for the last flush of the queue and the
+// sign-off, once the running task has stopped (within kill_grace_seconds):
+// with the default 5 s grace the worker is gone 9 s after the signal, well
+// within the unit's TimeoutStopSec.
+const signOffBudget = 4 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logs *logSetup) int {
+func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, logs *logSetup) int {
 	logger := logs.logger
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
 	if cfg.ManagerURL == "" {
-		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
+		found, err := discoverManager(ctx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
 		if err != nil {
 			logger.Error("cannot find the Manager", "err", err)
 			return exitFailure
 		}
 		cfg.ManagerURL = found // kept in memory only, as in the Python worker
 	}
-	q, err := openQueue(cfg.TaskUpdateQueueDB, logger)
+	q, err := openQueue(cfg.TaskUpdateQueueDB, logger, cfg.Tuning.updateBackoff)
 	if err != nil {
 		logger.Error("cannot open the task update queue", "err", err)
 		return exitFailure
 	}
 	reapOrphan(cfg.SubprocessPIDFile, logger)
-	q.minBackoff, q.maxBackoff = tune.queueBackoff, tune.queueMaxWait
 	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
 	if err != nil {
 		q.close()
-		logger.Error("cannot set up the Manager connection", "err", err)
-		return exitUsage
+		logger.Error("configuration error: cannot set up the Manager connection", "err", err)
+		return exitConfig
 	}
 	out := make(chan outgoing, 4)
-	mgr.retryDelay = tune.registerRetry
-	mgr.client.Timeout = tune.httpTimeout
-	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
+	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), out, logger)
 	w.single = opts.single
-	w.iv = tune.intervals
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -301,7 +252,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	defer func() { close(stopSignals); <-sigDone }()
 
 	done := make(chan int, 1)
-	go func() { done <- w.serve(runCtx, stop, opts, tune.outputWindow) }() // ends after the shutdown sequence
+	go func() { done <- w.serve(runCtx, stop, opts) }() // ends after the shutdown sequence
 	select {
 	case code := <-done:
 		q.close()
@@ -316,7 +267,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 }
 
 // serve signs on, runs the loop and shuts down cleanly.
-func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options, outputWindow time.Duration) int {
+func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options) int {
 	if err := w.mgr.startup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // stopped while still registering or signing on
@@ -328,8 +279,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	if opts.test {
 		w.ack(ctx, "testing")
 	}
-	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.logger)
-	notifier.window = outputWindow
+	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.cfg.Tuning.outputWindow, w.logger)
 	w.env.output = notifier.notify
 
 	fwdCtx, stopForwarding := context.WithCancel(context.Background())
@@ -345,7 +295,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 
 	w.loop(ctx)
 	sdNotify("STOPPING=1")
-	deadline := time.Now().Add(shutdownBudget - w.env.killGrace)
+	deadline := time.Now().Add(signOffBudget)
 	w.setState(stateShutdown)
 	stop()
 	close(w.out)

@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -33,13 +35,14 @@ var errForbidden = errors.New("the Manager refused registration (403): check wor
 // manager is the HTTP client for every Manager route the worker uses
 // (spec/manager-v2.md §1). It is safe for concurrent use.
 type manager struct {
-	base       string // manager_url without trailing slash; a path prefix is kept
+	base       string // manager_url's scheme and host: every route is absolute
 	client     *http.Client
 	userAgent  string
 	logger     *slog.Logger
 	cfg        *Config
 	nickname   string
 	retryDelay time.Duration // between registration/sign-on attempts
+	limits     httpTimeouts
 
 	mu     sync.Mutex // guards id, secret and authGen
 	id     string
@@ -53,8 +56,12 @@ type manager struct {
 // newManager builds the client. baseURL is the configured or discovered
 // manager_url.
 func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*manager, error) {
+	limits := cfg.Tuning.http
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 4
+	transport.DialContext = (&net.Dialer{Timeout: limits.connect, KeepAlive: 30 * time.Second}).DialContext
+	transport.TLSHandshakeTimeout = limits.connect
+	transport.ResponseHeaderTimeout = limits.header
 	if cfg.ManagerCAFile != "" {
 		pool, err := certPool(cfg.ManagerCAFile)
 		if err != nil {
@@ -62,12 +69,15 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
+	base, err := managerBase(baseURL, logger)
+	if err != nil {
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	return &manager{
-		base: strings.TrimRight(baseURL, "/"),
+		base: base,
 		client: &http.Client{
-			Transport: transport,
-			Timeout:   30 * time.Second,
+			Transport: transport, // no overall Timeout: see httpTimeouts
 			// The Manager never redirects a worker; following a redirect
 			// would turn a POST into a GET or loop. Report it instead.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -76,10 +86,27 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		logger:     logger,
 		cfg:        cfg,
 		nickname:   host,
-		retryDelay: 30 * time.Second,
+		retryDelay: cfg.Tuning.registerRetry,
+		limits:     limits,
 		id:         cfg.WorkerID,
 		secret:     cfg.WorkerSecret,
 	}, nil
+}
+
+// managerBase is manager_url without its path, query and fragment. The
+// Python worker joins absolute routes to the URL, which drops its path, and
+// a Manager v2 cannot be served under a path prefix anyway (its dashboard
+// uses absolute links), so a configured path is ignored, with a warning.
+func managerBase(managerURL string, logger *slog.Logger) (string, error) {
+	u, err := url.Parse(managerURL)
+	if err != nil {
+		return "", fmt.Errorf("manager_url: %w", err)
+	}
+	if u.Path != "" && u.Path != "/" {
+		logger.Warn("manager_url has a path; it is ignored, as by the Python worker: the Manager's routes are absolute", "path", u.Path)
+	}
+	u.Path, u.RawPath, u.RawQuery, u.Fragment, u.RawFragment, u.ForceQuery = "", "", "", "", "", false
+	return u.String(), nil
 }
 
 // certPool is the system roots plus the PEM certificates in file.
@@ -135,26 +162,40 @@ func (m *manager) call(ctx context.Context, method, path string, body any) (*res
 }
 
 // do sends one request. body is JSON-encoded unless it is nil or []byte.
+// The transport bounds the connect and the wait for the response headers;
+// a stall timer bounds each pause while the request or response body
+// moves, so a large body takes as long as it keeps moving.
 func (m *manager) do(ctx context.Context, method, path string, body any, auth bool) (*response, error) {
-	var reader io.Reader
+	var data []byte
 	switch b := body.(type) {
 	case nil:
 	case []byte:
-		reader = bytes.NewReader(b)
+		data = b
 	default:
-		data, err := json.Marshal(b)
-		if err != nil {
+		var err error
+		if data, err = json.Marshal(b); err != nil {
 			return nil, fmt.Errorf("encoding %s body: %w", path, err)
 		}
-		reader = bytes.NewReader(data)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, m.base+path, reader)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(time.Hour, func() { cancel(errStalled) })
+	stall.Stop()
+	defer stall.Stop()
+	req, err := http.NewRequestWithContext(ctx, method, m.base+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	req.Header.Set("User-Agent", m.userAgent)
-	if reader != nil {
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if len(data) > 0 {
+		req.ContentLength = int64(len(data))
+		req.GetBody = func() (io.ReadCloser, error) {
+			return io.NopCloser(&sending{r: bytes.NewReader(data), stall: stall, idle: m.limits.idle, then: m.limits.idle + m.limits.header}), nil
+		}
+		req.Body, _ = req.GetBody()
 	}
 	if auth {
 		id, secret := m.credentials()
@@ -163,18 +204,65 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 		req.Header.Set("Authorization", "Bearer "+registrationToken(m.cfg.WorkerRegistrationSecret, time.Now()))
 	}
 	resp, err := m.client.Do(req)
+	stall.Stop()
 	if err != nil {
-		return nil, err
+		return nil, m.stalled(ctx, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	data, err = io.ReadAll(io.LimitReader(&receiving{r: resp.Body, stall: stall, idle: m.limits.idle}, maxResponseBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: reading response: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: reading response: %w", method, path, m.stalled(ctx, err))
 	}
 	if len(data) > maxResponseBytes {
 		return nil, fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponseBytes)
 	}
 	return &response{status: resp.StatusCode, body: data}, nil
+}
+
+// errStalled is the cause of a request canceled by its stall timer.
+var errStalled = errors.New("no data moved")
+
+// stalled names the idle timeout in err when the stall timer ended the request.
+func (m *manager) stalled(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errStalled) {
+		return fmt.Errorf("%w for %s (http_idle_timeout_seconds): %v", errStalled, m.limits.idle, err)
+	}
+	return err
+}
+
+// sending is a request body that re-arms the stall timer at every read:
+// the transport reads the next piece once the previous one is written, so
+// a pause longer than idle means the Manager stopped taking the body. After
+// the last piece it allows for the final write and the response headers
+// (whose own timeout normally ends the wait first).
+type sending struct {
+	r     io.Reader
+	stall *time.Timer
+	idle  time.Duration
+	then  time.Duration
+}
+
+func (s *sending) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.stall.Reset(s.then)
+	} else {
+		s.stall.Reset(s.idle)
+	}
+	return n, err
+}
+
+// receiving is a response body whose every read must return within idle.
+type receiving struct {
+	r     io.Reader
+	stall *time.Timer
+	idle  time.Duration
+}
+
+func (r *receiving) Read(p []byte) (int, error) {
+	r.stall.Reset(r.idle)
+	defer r.stall.Stop()
+	return r.r.Read(p)
 }
 
 func (m *manager) credentials() (id, secret string) {

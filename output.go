@@ -21,8 +21,8 @@ type outputNotifier struct {
 	wake    chan struct{}
 }
 
-func newOutputNotifier(send func(ctx context.Context, path string) error, logger *slog.Logger) *outputNotifier {
-	return &outputNotifier{send: send, window: 30 * time.Second, logger: logger, wake: make(chan struct{}, 1)}
+func newOutputNotifier(send func(ctx context.Context, path string) error, window time.Duration, logger *slog.Logger) *outputNotifier {
+	return &outputNotifier{send: send, window: window, logger: logger, wake: make(chan struct{}, 1)}
 }
 
 // notify records path as the newest output; it never blocks.

@@ -15,8 +15,7 @@ func TestOutputNotifierNewestWins(t *testing.T) {
 		defer mu.Unlock()
 		sent = append(sent, p)
 		return nil
-	}, quietLogger)
-	n.window = 200 * time.Millisecond
+	}, 200*time.Millisecond, quietLogger)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { n.run(ctx); close(done) }()

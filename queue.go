@@ -38,14 +38,15 @@ type queue struct {
 	head    int64         // id of the oldest undelivered row; 0 when unknown
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
-	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
+	retry backoff // retry delays of the forwarder (update_backoff_min/max_seconds)
 
 	st queueStore // the SQLite file itself (queuestore.go)
 }
 
-// openQueue opens (creating if needed) the queue database; see open.
-func openQueue(path string, logger *slog.Logger) (*queue, error) {
-	q := &queue{logger: logger, changed: make(chan struct{}), minBackoff: 500 * time.Millisecond, maxBackoff: time.Minute}
+// openQueue opens (creating if needed) the queue database, see open; retry
+// is the forwarder's backoff.
+func openQueue(path string, logger *slog.Logger, retry backoff) (*queue, error) {
+	q := &queue{logger: logger, changed: make(chan struct{}), retry: retry}
 	q.st.path = path
 	if abs, err := filepath.Abs(path); err == nil {
 		q.st.path = abs // log lines name the file fully
@@ -252,7 +253,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 			if ctx.Err() != nil {
 				return
 			}
-			backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
+			backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
 			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
 			sleepCtx(ctx, backoff)
 		default:

@@ -22,7 +22,7 @@ func TestQueueFileStaysSmall(t *testing.T) {
 	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
 	m, _ := newManager(&cfg, srv.URL, "test", quietLogger)
 	path := filepath.Join(t.TempDir(), "q.db")
-	q, err := openQueue(path, quietLogger)
+	q, err := openQueue(path, quietLogger, defaultTuning().updateBackoff)
 	if err != nil {
 		t.Fatal(err)
 	}

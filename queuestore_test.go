@@ -50,7 +50,7 @@ func TestQueueSetAside(t *testing.T) {
 
 func mustOpenQueue(t *testing.T, path string, logger *slog.Logger) *queue {
 	t.Helper()
-	q, err := openQueue(path, logger)
+	q, err := openQueue(path, logger, defaultTuning().updateBackoff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "q.db")
-			q, err := openQueue(path, quietLogger)
+			q, err := openQueue(path, quietLogger, defaultTuning().updateBackoff)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -329,7 +329,7 @@ func TestQueueReadOnlyDirExplained(t *testing.T) {
 		t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	}
 	path := filepath.Join(dir, "flamenco-worker.db")
-	_, err := openQueue(path, quietLogger)
+	_, err := openQueue(path, quietLogger, defaultTuning().updateBackoff)
 	want := fmt.Sprintf("cannot create the task update queue %s: directory %s is not writable (", path, dir)
 	if err == nil || !strings.HasPrefix(err.Error(), want) || !regexp.MustCompile(`\((read-only file system|permission denied)\)$`).MatchString(err.Error()) {
 		t.Errorf("openQueue in a read-only directory: %v\nwant %q + reason", err, want)

@@ -75,17 +75,12 @@ var (
 	errTaskTimeout = errors.New("task_timeout_seconds exceeded")
 )
 
-// intervals are the worker's fixed delays (spec/python-worker.md §6.10);
-// tests shorten them.
+// intervals are the fetch loop's delays and limit (part of tuning).
 type intervals struct {
 	fetchEmpty  time.Duration // after a 204 on /task
 	fetchFailed time.Duration // after an error on /task, or a full queue
 	asleepPoll  time.Duration // /status-change while asleep
 	queueLimit  int           // no fetch while more updates than this are queued
-}
-
-func defaultIntervals() intervals {
-	return intervals{fetchEmpty: 5 * time.Second, fetchFailed: 10 * time.Second, asleepPoll: 30 * time.Second, queueLimit: 10}
 }
 
 // worker runs the fetch-and-execute loop and obeys the Manager.
@@ -115,7 +110,7 @@ type runningTask struct {
 func newWorker(cfg *Config, mgr *manager, q *queue, env *runEnv, out chan outgoing, logger *slog.Logger) *worker {
 	return &worker{
 		cfg: cfg, mgr: mgr, q: q, env: env, out: out, logger: logger,
-		iv:       defaultIntervals(),
+		iv:       cfg.Tuning.intervals,
 		requests: make(chan string, 8),
 		state:    stateAwake,
 	}

