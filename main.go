@@ -257,6 +257,12 @@ const shutdownBudget = 9 * time.Second
 // serve runs the worker against the Manager until shutdown.
 func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
+	release, err := takeInstanceLocks(cfg, logger)
+	if err != nil {
+		logger.Error(err.Error())
+		return exitFailure
+	}
+	defer release()
 	if cfg.ManagerURL == "" {
 		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
 		if err != nil {

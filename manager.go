@@ -244,11 +244,19 @@ func (m *manager) register(ctx context.Context) error {
 	m.authGen++
 	m.mu.Unlock()
 	m.logger.Info("registered at the Manager", "worker_id", worker.ID)
-	if err := writeCredentials(m.cfg.HomeConfig, worker.ID, secret); err != nil {
-		return fmt.Errorf("register: storing credentials: %w", err)
+	if err := writeSectionCredentials(m.cfg.HomeConfig, m.credSection(), worker.ID, secret); err != nil {
+		return fmt.Errorf("register: %w", err)
 	}
-	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig)
+	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig, "section", m.credSection())
 	return nil
+}
+
+// credSection is the home-file section of our credentials.
+func (m *manager) credSection() string {
+	if m.cfg.CredSection == "" {
+		return workerSection
+	}
+	return m.cfg.CredSection
 }
 
 // signOn tells the Manager we are here. A 401 means our credentials are
