@@ -14,11 +14,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +42,7 @@ type manager struct {
 	cfg        *Config
 	nickname   string
 	retryDelay time.Duration // between registration/sign-on attempts
+	retryMax   time.Duration // cap of the backoff between refused sign-on cycles
 
 	mu     sync.Mutex // guards id, secret and authGen
 	id     string
@@ -47,8 +50,19 @@ type manager struct {
 	// authGen counts credential changes, so that of several requests that
 	// got a 401 at once only the first signs on again.
 	authGen int
-	authMu  sync.Mutex // one re-authentication at a time
+	// authTurn is a one-slot semaphore: one re-authentication at a time.
+	// Unlike a mutex, waiting for it ends with the waiter's context, since
+	// a sign-on in backoff may hold it for minutes.
+	authTurn chan struct{}
+	// authRefusals counts sign-on cycles in a row whose credentials the
+	// Manager refused (see signOn); an accepted authenticated request
+	// resets it.
+	authRefusals atomic.Int32
 }
+
+// errRefused is a sign-on cycle that ended with our credentials refused,
+// even fresh ones.
+var errRefused = errors.New("sign on: credentials refused even after registering again")
 
 // newManager builds the client. baseURL is the configured or discovered
 // manager_url.
@@ -77,6 +91,8 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		cfg:        cfg,
 		nickname:   host,
 		retryDelay: 30 * time.Second,
+		retryMax:   10 * time.Minute,
+		authTurn:   make(chan struct{}, 1),
 		id:         cfg.WorkerID,
 		secret:     cfg.WorkerSecret,
 	}, nil
@@ -125,13 +141,28 @@ func (m *manager) call(ctx context.Context, method, path string, body any) (*res
 	gen := m.authGeneration()
 	resp, err := m.do(ctx, method, path, body, true)
 	if err != nil || resp.status != http.StatusUnauthorized || path == "/sign-on" {
+		m.noteAuthAnswer(resp)
 		return resp, err
 	}
 	m.logger.Warn("Manager does not accept our credentials, signing on again", "path", path)
 	if err := m.reauthenticate(ctx, gen); err != nil {
 		return resp, err
 	}
-	return m.do(ctx, method, path, body, true)
+	resp, err = m.do(ctx, method, path, body, true)
+	if err == nil && resp.status == http.StatusUnauthorized {
+		// Signed on, yet refused: the next sign-on waits its turn.
+		m.authRefusals.Add(1)
+	}
+	m.noteAuthAnswer(resp)
+	return resp, err
+}
+
+// noteAuthAnswer ends the sign-on backoff once the Manager accepts our
+// credentials on a request other than /sign-on.
+func (m *manager) noteAuthAnswer(resp *response) {
+	if resp != nil && resp.status != http.StatusUnauthorized {
+		m.authRefusals.Store(0)
+	}
 }
 
 // do sends one request. body is JSON-encoded unless it is nil or []byte.
@@ -197,8 +228,12 @@ func (m *manager) hasCredentials() bool {
 // reauthenticate signs on again unless another request already did so
 // since generation gen was current.
 func (m *manager) reauthenticate(ctx context.Context, gen int) error {
-	m.authMu.Lock()
-	defer m.authMu.Unlock()
+	select {
+	case m.authTurn <- struct{}{}:
+		defer func() { <-m.authTurn }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if m.authGeneration() != gen {
 		return nil
 	}
@@ -215,8 +250,13 @@ func (m *manager) startup(ctx context.Context) error {
 }
 
 // register creates a new worker on the Manager with a fresh secret and
-// stores the credentials in the home config file.
+// stores the credentials in the home config file. It first proves that
+// file writable: a worker that cannot keep its identity must not create
+// one on the Manager, let alone one per restart.
 func (m *manager) register(ctx context.Context) error {
+	if err := credentialsWritable(m.cfg.HomeConfig, m.credSection()); err != nil {
+		return fmt.Errorf("not registering at the Manager: the new credentials could not be stored in %s: %w", m.cfg.HomeConfig, err)
+	}
 	secret, err := randomSecret(64)
 	if err != nil {
 		return err
@@ -260,8 +300,35 @@ func (m *manager) credSection() string {
 }
 
 // signOn tells the Manager we are here. A 401 means our credentials are
-// unknown: register again, once, and sign on with the new ones.
+// unknown: register again, once, and sign on with the new ones. Should
+// those be refused too (a proxy that drops the Authorization header), the
+// cycle is repeated after a backoff that doubles up to retryMax, so that
+// the Manager sees at most one registration per step.
 func (m *manager) signOn(ctx context.Context) error {
+	wait := m.refusalBackoff()
+	for {
+		if !sleepCtx(ctx, wait) {
+			return ctx.Err()
+		}
+		err := m.signOnCycle(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		// Any failed cycle (a refused registration too) makes the next one
+		// wait, so a caller that retries cannot make it a tight loop.
+		n := m.authRefusals.Add(1)
+		if !errors.Is(err, errRefused) {
+			return err
+		}
+		wait = m.refusalBackoff()
+		m.logger.Warn("the Manager refuses our credentials even after registering again; is a proxy dropping the Authorization header?",
+			"refused_cycles", n, "retry_in", wait.Round(time.Millisecond))
+	}
+}
+
+// signOnCycle is one sign-on, and on a 401 one registration and one more
+// sign-on.
+func (m *manager) signOnCycle(ctx context.Context) error {
 	doc := map[string]any{"supported_task_types": m.cfg.TaskTypes, "nickname": m.nickname}
 	for attempt := 0; ; attempt++ {
 		resp, err := m.retry(ctx, "sign on", func() (*response, error) {
@@ -278,13 +345,29 @@ func (m *manager) signOn(ctx context.Context) error {
 			return err
 		}
 		if attempt > 0 {
-			return fmt.Errorf("sign on: credentials refused even after registering again")
+			return errRefused
 		}
 		m.logger.Warn("Manager did not accept our credentials, going to register again")
 		if err := m.register(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+// refusalBackoff is the wait before the next sign-on cycle: none at first,
+// then retryDelay doubling per refused cycle up to retryMax, each ±25 %
+// so that a farm's workers do not come back in step.
+func (m *manager) refusalBackoff() time.Duration {
+	n := m.authRefusals.Load()
+	if n <= 0 {
+		return 0
+	}
+	d := m.retryDelay
+	for i := int32(1); i < n && d < m.retryMax; i++ {
+		d *= 2
+	}
+	d = min(d, m.retryMax)
+	return d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
 }
 
 // retry repeats fn every retryDelay while it fails with a network error or
