@@ -428,7 +428,7 @@ type configKey struct {
 // documents them, then ours.
 func configKeys() []configKey {
 	return []configKey{
-		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURL},
+		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURLRedacted},
 		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
 		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
 		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
@@ -807,6 +807,9 @@ func (c *Config) writeEffective(w io.Writer) error {
 		v := k.format(c)
 		if k.secret && v != "" {
 			v = hiddenSecret
+		}
+		if k.name == "manager_url" {
+			v = redactURL(v)
 		}
 		writeINILine(&b, k.name, v)
 	}

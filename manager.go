@@ -181,7 +181,7 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 	}
 	req, err := http.NewRequestWithContext(ctx, method, m.base+path, reader)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %s", method, path, redactIn(err.Error(), m.base))
 	}
 	req.Header.Set("User-Agent", m.userAgent)
 	if reader != nil {
@@ -338,7 +338,7 @@ func (m *manager) signOnCycle(ctx context.Context) error {
 			m.mu.Lock()
 			m.authGen++
 			m.mu.Unlock()
-			m.logger.Info("signed on at the Manager", "manager", m.base)
+			m.logger.Info("signed on at the Manager", "manager", redactURL(m.base))
 			return nil
 		}
 		if resp == nil || resp.status != http.StatusUnauthorized {
