@@ -3,6 +3,7 @@ package main
 import (
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -61,7 +62,8 @@ func TestManagerURLPasswordNeverPrinted(t *testing.T) {
 	config(withPassword("http://127.0.0.1:1/")) // nothing listens on port 1
 	p = f.start("--debug")
 	waitFor(t, 15*time.Second, "a connection error", func() bool { return strings.Contains(p.out.String(), "cannot reach the Manager") })
-	p.stop()
+	p.signal(syscall.SIGKILL) // only its output matters; a SIGTERM this early may beat the signal handler
+	p.wait(5 * time.Second)
 	outputs = append(outputs, p.out.String())
 	p = f.start("--check")
 	p.wait(30 * time.Second)
