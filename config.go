@@ -52,8 +52,12 @@ type Config struct {
 	// Logging holds what the Python logging sections ask for (logging.go).
 	Logging logConfig
 
-	// HomeConfig is where registration writes the credentials.
-	HomeConfig string
+	// HomeConfig is where registration writes the credentials, in section
+	// CredSection: [flamenco-worker] for the default instance, or
+	// [flamenco-worker:<absolute --config path>] for one started with
+	// another --config file (see instanceSection).
+	HomeConfig  string
+	CredSection string
 
 	// LoadedFiles lists the config files that were read, in layer order, so
 	// the caller can log them as the Python worker does.
@@ -444,7 +448,7 @@ const (
 // documents them, then ours.
 func configKeys() []configKey {
 	return []configKey{
-		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURL},
+		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURLRedacted},
 		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
 		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
 		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
@@ -624,6 +628,9 @@ func checkManagerURL(v string) error {
 type configFile struct {
 	path     string
 	required bool
+	// credSection, when set, is the section whose worker_id and
+	// worker_secret count as this file's [flamenco-worker] credentials.
+	credSection string
 }
 
 // loadConfig builds the effective config: defaults < ./flamenco-worker.cfg
@@ -642,12 +649,21 @@ func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*
 	if cfgFile != "" {
 		files[0] = configFile{path: cfgFile, required: true}
 	}
+	section, err := instanceSection(cfgFile)
+	if err != nil {
+		return nil, err
+	}
 	home := ""
 	if homeDir != "" {
 		home = filepath.Join(homeDir, homeConfigName)
-		files = append(files, configFile{path: home})
+		files = append(files, configFile{path: home, credSection: section})
 	}
-	return loadConfigFiles(files, home, tune, warn)
+	cfg, err := loadConfigFiles(files, home, tune, warn)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CredSection = section
+	return cfg, nil
 }
 
 // loadConfigFiles lays files over the defaults, in order.
@@ -667,6 +683,9 @@ func loadConfigFiles(files []configFile, home string, tune tuning, warn func(str
 		}
 		warnUnknown(f, warn)
 		warnReadableSecret(f, cf.path, warn)
+		if cf.credSection != "" && cf.credSection != workerSection {
+			f = f.withCredentialsFrom(cf.credSection)
+		}
 		merged.merge(f)
 		loaded = append(loaded, cf.path)
 	}
@@ -765,7 +784,7 @@ func knownSection(name string) bool {
 	case workerSection, checkSection, envSection, defaultSection, "loggers", "handlers", "formatters":
 		return true
 	}
-	for _, prefix := range []string{"logger_", "handler_", "formatter_"} {
+	for _, prefix := range []string{"logger_", "handler_", "formatter_", instancePrefix} {
 		if strings.HasPrefix(name, prefix) {
 			return true
 		}
@@ -875,6 +894,9 @@ func (c *Config) writeEffective(w io.Writer) error {
 		if k.secret && v != "" {
 			v = hiddenSecret
 		}
+		if k.name == "manager_url" {
+			v = redactURL(v)
+		}
 		writeINILine(&b, k.name, v)
 	}
 	if len(c.PreTaskChecks) > 0 {
@@ -911,55 +933,161 @@ func escapeINI(v string) string {
 	return strings.ReplaceAll(v, "$", "$$")
 }
 
+// instancePrefix starts the name of a --config instance's credentials
+// section in the home file (instanceSection).
+const instancePrefix = workerSection + ":"
+
+// instanceSection names the home-file section that holds the credentials
+// of the instance started with cfgFile. The default instance (no --config,
+// or --config naming ./flamenco-worker.cfg) uses [flamenco-worker], as the
+// Python worker does; any other config file gets its own section named
+// after its absolute path with symlinks resolved, e.g.
+// [flamenco-worker:/etc/flamenco-worker/gpu1.cfg], so that two instances
+// with different config files are two workers, each keeping its identity
+// across restarts.
+func instanceSection(cfgFile string) (string, error) {
+	if cfgFile == "" {
+		return workerSection, nil
+	}
+	path := canonicalPath(cfgFile)
+	if path == canonicalPath(cwdConfigName) {
+		return workerSection, nil
+	}
+	if strings.ContainsAny(path, "[]\r\n") || path != strings.TrimSpace(path) {
+		return "", fmt.Errorf("config file %q: the worker keeps its credentials in a home-file section named after the config file's path, "+
+			"which cannot hold brackets, line breaks or surrounding spaces; rename the file", path)
+	}
+	return instancePrefix + path, nil
+}
+
+// canonicalPath is path made absolute, with symlinks resolved if it exists.
+func canonicalPath(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	return path
+}
+
+// withCredentialsFrom returns f with the credentials of [flamenco-worker]
+// replaced by those of section: the home file's [flamenco-worker] keys other
+// than the credentials still apply to every instance, but its worker_id and
+// worker_secret belong to the default instance only.
+func (f *iniFile) withCredentialsFrom(section string) *iniFile {
+	g := newINIFile()
+	for _, s := range f.sections {
+		g.addSection(s.name, s.file, s.line)
+	}
+	for _, e := range f.raw {
+		cred := isCredentialKey(e.key)
+		switch {
+		case cred && e.section == workerSection:
+			continue
+		case cred && e.section == section:
+			e.section = workerSection
+		}
+		g.add(e)
+	}
+	return g
+}
+
+func isCredentialKey(key string) bool {
+	k := strings.ToLower(key)
+	return k == credIDKey || k == credSecretKey
+}
+
 // writeCredentials stores worker_id and worker_secret in [flamenco-worker]
-// of homeFile, creating it if needed. Unlike the Python worker it keeps the
+// of homeFile; see writeSectionCredentials.
+func writeCredentials(homeFile, workerID, secret string) error {
+	return writeSectionCredentials(homeFile, workerSection, workerID, secret)
+}
+
+// writeSectionCredentials stores worker_id and worker_secret in section of
+// homeFile, creating it if needed. Unlike the Python worker it keeps the
 // file's comments and layout: only the credential lines change, or are
 // added to the section. The file is replaced atomically, with mode 0600.
-func writeCredentials(homeFile, workerID, secret string) error {
+func writeSectionCredentials(homeFile, section, workerID, secret string) error {
 	if homeFile == "" {
 		return errors.New("storing credentials: no home config file (is $HOME set?)")
 	}
-	for _, v := range []string{workerID, secret} {
-		if strings.ContainsAny(v, "\r\n\x00") || v != strings.TrimSpace(v) {
-			return errors.New("storing credentials: worker ID or secret has line breaks or surrounding spaces")
+	err := withDirLock(filepath.Dir(canonicalPath(homeFile)), func() error {
+		path, text, err := credentialsText(homeFile, section, workerID, secret)
+		if err != nil {
+			return err
 		}
-	}
-	path := homeFile
-	if real, err := filepath.EvalSymlinks(homeFile); err == nil {
-		path = real // keep a symlinked dotfile a symlink
-	}
-	old, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("storing credentials: %w", err)
-	}
-	text, err := setCredentials(string(old), homeFile, workerID, secret)
+		return writeFileAtomic(path, []byte(text))
+	})
 	if err != nil {
-		return fmt.Errorf("storing credentials: %w", err)
-	}
-	if err := writeFileAtomic(path, []byte(text)); err != nil {
 		return fmt.Errorf("storing credentials: %w", err)
 	}
 	return nil
 }
 
-// setCredentials returns text with the credentials set. It rewrites existing
-// credential lines in place and adds missing ones after the last line of the
-// [flamenco-worker] section. Should that change how the rest of the file
-// parses (an oddly indented line after it), the missing ones go into a new
-// [flamenco-worker] section at the end instead.
+// credentialsWritable proves, before registering, that credentials can be
+// stored in section of homeFile: it does everything writeSectionCredentials
+// does except the final rename, so that a worker that could not keep its
+// new identity never creates one on the Manager (and then another at every
+// restart).
+func credentialsWritable(homeFile, section string) error {
+	path, text, err := credentialsText(homeFile, section, "probe-id", "probe-secret")
+	if err != nil {
+		return err
+	}
+	tmp, err := writeTemp(path, []byte(text))
+	if err != nil {
+		return fmt.Errorf("cannot write in the directory of %s: %w", path, err)
+	}
+	return os.Remove(tmp)
+}
+
+// credentialsText reads homeFile (following a symlink, so that a symlinked
+// dotfile stays a symlink) and returns the path to replace and its new text.
+func credentialsText(homeFile, section, workerID, secret string) (path, text string, err error) {
+	if homeFile == "" {
+		return "", "", errors.New("no home config file (is $HOME set?)")
+	}
+	for _, v := range []string{workerID, secret} {
+		if strings.ContainsAny(v, "\r\n\x00") || v != strings.TrimSpace(v) {
+			return "", "", errors.New("worker ID or secret has line breaks or surrounding spaces")
+		}
+	}
+	path = homeFile
+	if real, err := filepath.EvalSymlinks(homeFile); err == nil {
+		path = real
+	}
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", "", err
+	}
+	text, err = setSectionCredentials(string(old), homeFile, section, workerID, secret)
+	return path, text, err
+}
+
+// setCredentials is setSectionCredentials for [flamenco-worker].
 func setCredentials(text, name, workerID, secret string) (string, error) {
+	return setSectionCredentials(text, name, workerSection, workerID, secret)
+}
+
+// setSectionCredentials returns text with the credentials set in section.
+// It rewrites existing credential lines in place and adds missing ones
+// after the last line of the section. Should that change how the rest of
+// the file parses (an oddly indented line after it), the missing ones go
+// into a new section header at the end instead.
+func setSectionCredentials(text, name, section, workerID, secret string) (string, error) {
 	f, err := parseINI(strings.NewReader(text), name)
 	if err != nil {
 		return "", fmt.Errorf("not changing a file that does not parse: %w", err)
 	}
 	want := map[string]string{credIDKey: escapeINI(workerID), credSecretKey: escapeINI(secret)}
 	lines, nl := splitLines(text)
-	missing, after := replaceCredentials(f, lines, want, nl)
+	missing, after := replaceCredentials(f, section, lines, want, nl)
 	inSection := insertLines(lines, after, missing, want, nl)
-	if out := strings.Join(inSection, ""); credentialsSet(f, out, name, want) {
+	if out := strings.Join(inSection, ""); sectionCredentialsSet(f, out, name, section, want) {
 		return out, nil
 	}
-	block := []string{"[" + workerSection + "]" + nl}
+	block := []string{"[" + section + "]" + nl}
 	for _, k := range missing {
 		block = append(block, k+" = "+want[k]+nl)
 	}
@@ -968,7 +1096,7 @@ func setCredentials(text, name, workerID, secret string) (string, error) {
 		lines = lines[:0] // an empty file needs no blank line first
 	}
 	out := strings.Join(append(lines, block...), "")
-	if !credentialsSet(f, out, name, want) {
+	if !sectionCredentialsSet(f, out, name, section, want) {
 		return "", errors.New("could not add the credentials to the file") // cannot happen: a header at column 0 always ends the previous value
 	}
 	return out, nil
@@ -990,17 +1118,17 @@ func splitLines(text string) ([]string, string) {
 	return strings.SplitAfter(text, "\n")[:strings.Count(text, "\n")], nl
 }
 
-// replaceCredentials rewrites every credential assignment in [flamenco-worker]
-// in place, keeping its indentation. It returns the keys not found and the
+// replaceCredentials rewrites every credential assignment in section in
+// place, keeping its indentation. It returns the keys not found and the
 // line after which to add them: the section's last line (0 if no section).
-func replaceCredentials(f *iniFile, lines []string, want map[string]string, nl string) (missing []string, after int) {
+func replaceCredentials(f *iniFile, section string, lines []string, want map[string]string, nl string) (missing []string, after int) {
 	found := map[string]bool{}
-	if s := f.byName[workerSection]; s != nil {
+	if s := f.byName[section]; s != nil {
 		after = s.last
 	}
 	for _, e := range f.raw {
 		k := strings.ToLower(e.key)
-		if _, ok := want[k]; !ok || e.section != workerSection {
+		if _, ok := want[k]; !ok || e.section != section {
 			continue
 		}
 		found[k] = true
@@ -1031,26 +1159,31 @@ func insertLines(lines []string, after int, missing []string, want map[string]st
 	return append(out, lines[after:]...)
 }
 
-// credentialsSet reports whether out has the wanted credentials and, apart
-// from them, the same assignments as the original file f.
+// credentialsSet is sectionCredentialsSet for [flamenco-worker].
 func credentialsSet(f *iniFile, out, name string, want map[string]string) bool {
+	return sectionCredentialsSet(f, out, name, workerSection, want)
+}
+
+// sectionCredentialsSet reports whether out has the wanted credentials in
+// section and, apart from them, the same assignments as the original file f.
+func sectionCredentialsSet(f *iniFile, out, name, section string, want map[string]string) bool {
 	g, err := parseINI(strings.NewReader(out), name)
 	if err != nil {
 		return false
 	}
 	for k, v := range want {
-		if e := g.byName[workerSection].get(k); e == nil || e.value != v {
+		if e := g.byName[section].get(k); e == nil || e.value != v {
 			return false
 		}
 	}
-	return slices.Equal(otherAssignments(f), otherAssignments(g))
+	return slices.Equal(otherAssignments(f, section), otherAssignments(g, section))
 }
 
-// otherAssignments lists f's assignments other than the credentials.
-func otherAssignments(f *iniFile) []string {
+// otherAssignments lists f's assignments other than section's credentials.
+func otherAssignments(f *iniFile, section string) []string {
 	var list []string
 	for _, e := range f.raw {
-		if k := strings.ToLower(e.key); e.section == workerSection && (k == credIDKey || k == credSecretKey) {
+		if e.section == section && isCredentialKey(e.key) {
 			continue
 		}
 		list = append(list, e.section+"\x00"+e.key+"\x00"+e.value)
@@ -1065,36 +1198,40 @@ func leadingSpace(line string) string {
 // writeFileAtomic replaces path with data through a 0600 temporary file in
 // the same directory, so that a crash leaves either the old or the new file.
 func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	tmp, err := writeTemp(path, data)
 	if err != nil {
 		return err
 	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	done = true
-	syncDir(dir)
+	syncDir(filepath.Dir(path))
 	return nil
+}
+
+// writeTemp writes data to a new, synced 0600 file next to path and
+// returns its name.
+func writeTemp(path string, data []byte) (string, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return "", err
+	}
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return "", err
+	}
+	return tmp.Name(), nil
 }
 
 // syncDir makes a rename in dir durable. Some file systems refuse to sync a

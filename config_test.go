@@ -242,6 +242,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	want := defaultConfig()
 	want.HomeConfig = r.homePath
+	want.CredSection = instancePrefix + canonicalPath(r.cfgPath)
 	want.LoadedFiles = []string{r.cfgPath}
 	if !reflect.DeepEqual(*r.cfg, want) {
 		t.Errorf("loadConfig of an empty file =\n%+v\nwant\n%+v", *r.cfg, want)
@@ -379,7 +380,9 @@ func TestConfigLayers(t *testing.T) {
 		t.Fatal(r.err)
 	}
 	got := []any{r.cfg.ManagerURL, r.cfg.TaskTypes, r.cfg.WorkerID, r.cfg.WorkerSecret, r.cfg.HomeConfig, r.cfg.LoadedFiles}
-	want := []any{"http://home/", []string{"a", "b"}, "from-home", "s", r.homePath, []string{r.cfgPath, r.homePath}}
+	// The home file's [flamenco-worker] credentials belong to the default
+	// instance; this one (--config main.cfg) has its own (identity_test.go).
+	want := []any{"http://home/", []string{"a", "b"}, "from-cwd", "", r.homePath, []string{r.cfgPath, r.homePath}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("layered config = %q, want %q", got, want)
 	}
@@ -441,8 +444,13 @@ func TestConfigWorkingDirectory(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "other.cfg")
 	configTestWrite(t, other, "[flamenco-worker]\nmanager_url = http://other/\n")
 	cfg, err = loadConfig(other, homeDir, nil)
-	if err != nil || cfg.ManagerURL != "http://other/" || cfg.WorkerID != "home-id" {
-		t.Errorf("loadConfig(--config) = %+v, %v; want the --config file instead of ./%s, plus the home file", cfg, err, cwdConfigName)
+	if err != nil || cfg.ManagerURL != "http://other/" || cfg.WorkerID != "" {
+		t.Errorf("loadConfig(--config) = %+v, %v; want the --config file instead of ./%s, plus the home file without the default instance's credentials", cfg, err, cwdConfigName)
+	}
+	configTestWrite(t, cwdConfigName, "[flamenco-worker]\n")
+	cfg, err = loadConfig("./"+cwdConfigName, homeDir, nil)
+	if err != nil || cfg.WorkerID != "home-id" || cfg.CredSection != workerSection {
+		t.Errorf("loadConfig(--config ./%s) = %+v, %v; want the default instance", cwdConfigName, cfg, err)
 	}
 }
 
@@ -635,7 +643,7 @@ DOLLAR = $${x}
 	if again.err != nil {
 		t.Fatalf("reading back\n%s: %v", buf.String(), again.err)
 	}
-	again.cfg.HomeConfig, again.cfg.LoadedFiles = r.cfg.HomeConfig, r.cfg.LoadedFiles
+	again.cfg.HomeConfig, again.cfg.LoadedFiles, again.cfg.CredSection = r.cfg.HomeConfig, r.cfg.LoadedFiles, r.cfg.CredSection
 	if !reflect.DeepEqual(again.cfg, r.cfg) {
 		t.Errorf("read back\n%+v\nwant\n%+v\nfrom\n%s", again.cfg, r.cfg, buf.String())
 	}

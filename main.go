@@ -217,6 +217,12 @@ const signOffBudget = 4 * time.Second
 func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, logs *logSetup) int {
 	logger := logs.logger
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
+	release, err := takeInstanceLocks(cfg, logger)
+	if err != nil {
+		logger.Error(err.Error())
+		return exitFailure
+	}
+	defer release()
 	if cfg.ManagerURL == "" {
 		found, err := discoverManager(ctx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,6 +45,7 @@ type manager struct {
 	nickname   string
 	retryDelay time.Duration // between registration/sign-on attempts
 	limits     httpTimeouts
+	retryMax   time.Duration // cap of the backoff between refused sign-on cycles
 
 	mu     sync.Mutex // guards id, secret and authGen
 	id     string
@@ -50,8 +53,19 @@ type manager struct {
 	// authGen counts credential changes, so that of several requests that
 	// got a 401 at once only the first signs on again.
 	authGen int
-	authMu  sync.Mutex // one re-authentication at a time
+	// authTurn is a one-slot semaphore: one re-authentication at a time.
+	// Unlike a mutex, waiting for it ends with the waiter's context, since
+	// a sign-on in backoff may hold it for minutes.
+	authTurn chan struct{}
+	// authRefusals counts sign-on cycles in a row whose credentials the
+	// Manager refused (see signOn); an accepted authenticated request
+	// resets it.
+	authRefusals atomic.Int32
 }
+
+// errRefused is a sign-on cycle that ended with our credentials refused,
+// even fresh ones.
+var errRefused = errors.New("sign on: credentials refused even after registering again")
 
 // newManager builds the client. baseURL is the configured or discovered
 // manager_url.
@@ -87,6 +101,8 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		cfg:        cfg,
 		nickname:   host,
 		retryDelay: cfg.Tuning.registerRetry,
+		retryMax:   10 * time.Minute,
+		authTurn:   make(chan struct{}, 1),
 		limits:     limits,
 		id:         cfg.WorkerID,
 		secret:     cfg.WorkerSecret,
@@ -152,13 +168,28 @@ func (m *manager) call(ctx context.Context, method, path string, body any) (*res
 	gen := m.authGeneration()
 	resp, err := m.do(ctx, method, path, body, true)
 	if err != nil || resp.status != http.StatusUnauthorized || path == "/sign-on" {
+		m.noteAuthAnswer(resp)
 		return resp, err
 	}
 	m.logger.Warn("Manager does not accept our credentials, signing on again", "path", path)
 	if err := m.reauthenticate(ctx, gen); err != nil {
 		return resp, err
 	}
-	return m.do(ctx, method, path, body, true)
+	resp, err = m.do(ctx, method, path, body, true)
+	if err == nil && resp.status == http.StatusUnauthorized {
+		// Signed on, yet refused: the next sign-on waits its turn.
+		m.authRefusals.Add(1)
+	}
+	m.noteAuthAnswer(resp)
+	return resp, err
+}
+
+// noteAuthAnswer ends the sign-on backoff once the Manager accepts our
+// credentials on a request other than /sign-on.
+func (m *manager) noteAuthAnswer(resp *response) {
+	if resp != nil && resp.status != http.StatusUnauthorized {
+		m.authRefusals.Store(0)
+	}
 }
 
 // do sends one request. body is JSON-encoded unless it is nil or []byte.
@@ -184,7 +215,7 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 	defer stall.Stop()
 	req, err := http.NewRequestWithContext(ctx, method, m.base+path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %s", method, path, redactIn(err.Error(), m.base))
 	}
 	req.Header.Set("User-Agent", m.userAgent)
 	if body != nil {
@@ -285,8 +316,12 @@ func (m *manager) hasCredentials() bool {
 // reauthenticate signs on again unless another request already did so
 // since generation gen was current.
 func (m *manager) reauthenticate(ctx context.Context, gen int) error {
-	m.authMu.Lock()
-	defer m.authMu.Unlock()
+	select {
+	case m.authTurn <- struct{}{}:
+		defer func() { <-m.authTurn }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if m.authGeneration() != gen {
 		return nil
 	}
@@ -303,8 +338,13 @@ func (m *manager) startup(ctx context.Context) error {
 }
 
 // register creates a new worker on the Manager with a fresh secret and
-// stores the credentials in the home config file.
+// stores the credentials in the home config file. It first proves that
+// file writable: a worker that cannot keep its identity must not create
+// one on the Manager, let alone one per restart.
 func (m *manager) register(ctx context.Context) error {
+	if err := credentialsWritable(m.cfg.HomeConfig, m.credSection()); err != nil {
+		return fmt.Errorf("not registering at the Manager: the new credentials could not be stored in %s: %w", m.cfg.HomeConfig, err)
+	}
 	secret, err := randomSecret(64)
 	if err != nil {
 		return err
@@ -332,16 +372,51 @@ func (m *manager) register(ctx context.Context) error {
 	m.authGen++
 	m.mu.Unlock()
 	m.logger.Info("registered at the Manager", "worker_id", worker.ID)
-	if err := writeCredentials(m.cfg.HomeConfig, worker.ID, secret); err != nil {
-		return fmt.Errorf("register: storing credentials: %w", err)
+	if err := writeSectionCredentials(m.cfg.HomeConfig, m.credSection(), worker.ID, secret); err != nil {
+		return fmt.Errorf("register: %w", err)
 	}
-	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig)
+	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig, "section", m.credSection())
 	return nil
 }
 
+// credSection is the home-file section of our credentials.
+func (m *manager) credSection() string {
+	if m.cfg.CredSection == "" {
+		return workerSection
+	}
+	return m.cfg.CredSection
+}
+
 // signOn tells the Manager we are here. A 401 means our credentials are
-// unknown: register again, once, and sign on with the new ones.
+// unknown: register again, once, and sign on with the new ones. Should
+// those be refused too (a proxy that drops the Authorization header), the
+// cycle is repeated after a backoff that doubles up to retryMax, so that
+// the Manager sees at most one registration per step.
 func (m *manager) signOn(ctx context.Context) error {
+	wait := m.refusalBackoff()
+	for {
+		if !sleepCtx(ctx, wait) {
+			return ctx.Err()
+		}
+		err := m.signOnCycle(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		// Any failed cycle (a refused registration too) makes the next one
+		// wait, so a caller that retries cannot make it a tight loop.
+		n := m.authRefusals.Add(1)
+		if !errors.Is(err, errRefused) {
+			return err
+		}
+		wait = m.refusalBackoff()
+		m.logger.Warn("the Manager refuses our credentials even after registering again; is a proxy dropping the Authorization header?",
+			"refused_cycles", n, "retry_in", wait.Round(time.Millisecond))
+	}
+}
+
+// signOnCycle is one sign-on, and on a 401 one registration and one more
+// sign-on.
+func (m *manager) signOnCycle(ctx context.Context) error {
 	doc := map[string]any{"supported_task_types": m.cfg.TaskTypes, "nickname": m.nickname}
 	for attempt := 0; ; attempt++ {
 		resp, err := m.retry(ctx, "sign on", func() (*response, error) {
@@ -351,20 +426,36 @@ func (m *manager) signOn(ctx context.Context) error {
 			m.mu.Lock()
 			m.authGen++
 			m.mu.Unlock()
-			m.logger.Info("signed on at the Manager", "manager", m.base)
+			m.logger.Info("signed on at the Manager", "manager", redactURL(m.base))
 			return nil
 		}
 		if resp == nil || resp.status != http.StatusUnauthorized {
 			return err
 		}
 		if attempt > 0 {
-			return fmt.Errorf("sign on: credentials refused even after registering again")
+			return errRefused
 		}
 		m.logger.Warn("Manager did not accept our credentials, going to register again")
 		if err := m.register(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+// refusalBackoff is the wait before the next sign-on cycle: none at first,
+// then retryDelay doubling per refused cycle up to retryMax, each ±25 %
+// so that a farm's workers do not come back in step.
+func (m *manager) refusalBackoff() time.Duration {
+	n := m.authRefusals.Load()
+	if n <= 0 {
+		return 0
+	}
+	d := m.retryDelay
+	for i := int32(1); i < n && d < m.retryMax; i++ {
+		d *= 2
+	}
+	d = min(d, m.retryMax)
+	return d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
 }
 
 // retry repeats fn every retryDelay while it fails with a network error or
