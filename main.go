@@ -121,6 +121,7 @@ type tuning struct {
 	queueMaxWait  time.Duration // longest retry delay of the update forwarder
 	ssdpTargets   []string      // where discovery searches for the Manager
 	httpTimeout   time.Duration // deadline of every request to the Manager
+	testHooks     testHooks     // nil functions in production
 }
 
 func defaultTuning() tuning {
@@ -139,6 +140,10 @@ func defaultTuning() tuning {
 }
 
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
+	sigs := catchSignals() // first of all: no signal may get its default action from here on
+	if tune.testHooks.signalsCaught != nil {
+		tune.testHooks.signalsCaught()
+	}
 	opts, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -163,10 +168,12 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 		return exitUsage
 	}
 	if opts.runTask != "" {
+		releaseSignals(sigs)
 		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, tune, logger))
 	}
 	applyFlags(cfg, opts, logger)
 	if opts.check {
+		releaseSignals(sigs)
 		if !preflight(ctx, cfg, tune, stdout, logger) {
 			return exitFailure
 		}
@@ -177,7 +184,7 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
 		}
 	}
-	return serve(ctx, cfg, opts, tune, stderr, logger)
+	return serve(ctx, sigs, cfg, opts, tune, stderr, logger)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -255,10 +262,23 @@ func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
 const shutdownBudget = 9 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
+func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options, tune tuning, stderr io.Writer, logger *slog.Logger) int {
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	sig := newSignalLoop(sigs, stop, stderr, logger)
+	stopSignals, sigDone := make(chan struct{}), make(chan struct{})
+	go func() { // ends when stopSignals is closed, or on the second signal
+		defer close(sigDone)
+		sig.run(stopSignals)
+	}()
+	defer func() { close(stopSignals); <-sigDone }()
+
 	if cfg.ManagerURL == "" {
-		found, err := discoverManager(ctx, tune.ssdpTargets, 5, time.Second, logger)
+		found, err := discoverManager(runCtx, tune.ssdpTargets, 5, time.Second, logger)
+		if runCtx.Err() != nil {
+			return exitOK // stopped while looking for the Manager
+		}
 		if err != nil {
 			logger.Error("cannot find the Manager", "err", err)
 			return exitFailure
@@ -284,16 +304,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, tune tuning, stderr 
 	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
 	w.single = opts.single
 	w.iv = tune.intervals
-
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	sig := newSignalLoop(w, stop, stderr, logger)
-	stopSignals, sigDone := make(chan struct{}), make(chan struct{})
-	go func() { // ends when stopSignals is closed, or on the second signal
-		defer close(sigDone)
-		sig.run(stopSignals)
-	}()
-	defer func() { close(stopSignals); <-sigDone }()
+	sig.attach(w)
 
 	done := make(chan int, 1)
 	go func() { done <- w.serve(runCtx, stop, opts, tune.outputWindow) }() // ends after the shutdown sequence

@@ -103,6 +103,8 @@ type worker struct {
 	mu      sync.Mutex
 	state   string
 	current *runningTask
+	// Under mu too: why the worker is asleep (asleepByManager, asleepBySignal).
+	asleepBy string
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -138,7 +140,7 @@ func (w *worker) setState(s string) {
 // may-i-run answer). Going asleep stops a running task at once; the rest
 // waits for the main loop. It never blocks; a full inbox drops the oldest.
 func (w *worker) request(status string) {
-	if status != stateAwake && status != stateError && status != "shutdown" {
+	if status != stateAwake && status != wakeLocal && status != stateError && status != "shutdown" {
 		w.abortTask("", errGoingAsleep)
 	}
 	for {
@@ -420,6 +422,9 @@ func (w *worker) deliverer() deliverer {
 // changeStatus applies a status requested by the Manager or a signal
 // (spec/python-worker.md §6.3) and acknowledges it.
 func (w *worker) changeStatus(ctx context.Context, status string) {
+	if status = w.localRequest(status); status == "" {
+		return
+	}
 	switch status {
 	case stateAwake:
 		w.setState(stateAwake)
