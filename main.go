@@ -304,6 +304,8 @@ func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options,
 	w := newWorker(cfg, mgr, q, newRunEnv(cfg, tune, logger), out, logger)
 	w.single = opts.single
 	w.iv = tune.intervals
+	w.live = newLiveness(tune.testHooks.beat)
+	q.live = w.live
 	sig.attach(w)
 
 	done := make(chan int, 1)
@@ -320,6 +322,7 @@ func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options,
 
 // serve signs on, runs the loop and shuts down cleanly.
 func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options, outputWindow time.Duration) int {
+	sdNotify("STATUS=signing on at the Manager")
 	if err := w.mgr.startup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // stopped while still registering or signing on
@@ -339,7 +342,8 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	var bg sync.WaitGroup
 	bg.Go(func() { w.q.forward(fwdCtx, w.deliverer()) })       // ends with fwdCtx
 	bg.Go(func() { notifier.run(ctx) })                        // ends with ctx
-	bg.Go(func() { keepWatchdogFed(ctx, watchdogInterval()) }) // ends with ctx
+	bg.Go(func() { w.pingWhileAlive(ctx, watchdogTimeout()) }) // ends with ctx
+	bg.Go(func() { w.reportStatus(ctx, time.Second) })         // ends with ctx
 	commitDone := make(chan struct{})
 	go func() { // ends when out is closed, below
 		defer close(commitDone)
@@ -347,7 +351,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	}()
 
 	w.loop(ctx)
-	sdNotify("STOPPING=1")
+	sdNotify("STOPPING=1\nSTATUS=shutting down: flushing the queue, signing off")
 	deadline := time.Now().Add(shutdownBudget - w.env.killGrace)
 	w.setState(stateShutdown)
 	stop()

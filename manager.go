@@ -48,6 +48,8 @@ type manager struct {
 	// got a 401 at once only the first signs on again.
 	authGen int
 	authMu  sync.Mutex // one re-authentication at a time
+
+	reach reachability // since when the Manager is unreachable, for STATUS= (notify.go)
 }
 
 // newManager builds the client. baseURL is the configured or discovered
@@ -163,6 +165,7 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 		req.Header.Set("Authorization", "Bearer "+registrationToken(m.cfg.WorkerRegistrationSecret, time.Now()))
 	}
 	resp, err := m.client.Do(req)
+	m.reach.note(ctx, err, resp)
 	if err != nil {
 		return nil, err
 	}

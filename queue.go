@@ -39,6 +39,8 @@ type queue struct {
 	changed chan struct{} // closed and replaced whenever a row comes or goes
 
 	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
+
+	live *liveness // the forwarder's heartbeats, for the watchdog (notify.go)
 }
 
 // openQueue opens (creating if needed) the queue database.
@@ -234,6 +236,7 @@ func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outc
 func (q *queue) forward(ctx context.Context, d deliverer) {
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
+		q.live.beat("forward")
 		q.mu.Lock()
 		changed := q.changed
 		q.mu.Unlock()
@@ -241,6 +244,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 		switch {
 		case empty:
 			backoff = 0
+			q.live.waiting("forward", forever)
 			select {
 			case <-changed:
 			case <-ctx.Done():
@@ -251,6 +255,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 			}
 			backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
 			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
+			q.live.waiting("forward", backoff)
 			sleepCtx(ctx, backoff)
 		default:
 			backoff = 0

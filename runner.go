@@ -103,8 +103,11 @@ type worker struct {
 	mu      sync.Mutex
 	state   string
 	current *runningTask
-	// Under mu too: why the worker is asleep (asleepByManager, asleepBySignal).
-	asleepBy string
+	// Under mu too: why the worker is asleep (asleepByManager, asleepBySignal),
+	// and why it is in the error state (noteTrouble), for STATUS=.
+	asleepBy, trouble string
+
+	live *liveness // heartbeats for the watchdog (notify.go)
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -160,6 +163,7 @@ func (w *worker) request(status string) {
 // shuts down on request.
 func (w *worker) loop(ctx context.Context) {
 	for ctx.Err() == nil {
+		w.live.beat("fetch")
 		select {
 		case status := <-w.requests:
 			w.changeStatus(ctx, status)
@@ -184,6 +188,7 @@ func (w *worker) loop(ctx context.Context) {
 // wait sleeps d unless a status change or shutdown comes first, which it
 // applies. It reports whether d passed undisturbed.
 func (w *worker) wait(ctx context.Context, d time.Duration) bool {
+	w.live.waiting("fetch", d)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -206,6 +211,7 @@ func (w *worker) awake(ctx context.Context) {
 	}
 	if err := preTaskChecks(w.cfg.PreTaskChecks); err != nil {
 		w.logger.Error("pre-task check failed, waiting until it succeeds", "err", err)
+		w.noteTrouble(err, w.cfg.ErrorRetry)
 		w.changeStatus(ctx, stateError)
 		return
 	}
@@ -246,6 +252,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		return
 	}
 	w.logger.Info("received task", "task_id", t.ID)
+	w.live.waiting("fetch", forever) // a task bounds its own time (subprocess and task timeouts)
 	w.runTask(ctx, t)
 	w.commitPending()
 	if err := w.q.waitDelivered(ctx, w.q.lastID()); err == nil {

@@ -181,6 +181,9 @@ func (w *worker) localRequest(status string) string {
 		return stateAwake
 	case stateAwake, stateError, stateShutdown, "shutdown":
 		w.asleepBy = ""
+		if status == stateAwake {
+			w.trouble = ""
+		}
 	default: // asleep, or a status we cannot go to, which means asleep
 		w.asleepBy = asleepByManager
 	}

@@ -11,7 +11,7 @@ import (
 
 // applyTestHooks sets the test hooks a re-exec'd worker reads from its
 // environment: FW_TEST_CAUGHT_FD=N writes one byte to fd N once signals are
-// caught; FW_TEST_WEDGE=LOOP blocks LOOP for good at its first heartbeat
+// caught; FW_TEST_WEDGE=LOOP blocks LOOP for good right after its first heartbeat
 // after one second.
 func applyTestHooks(tune *tuning) {
 	if os.Getenv("FW_TEST_CAUGHT_FD") == "3" {
