@@ -3,7 +3,7 @@
 # private namespaces (pid, mount, net, uts, ipc, cgroup), in a unit world holding only
 # journald and the unit files given.
 # (Copied from the systemd-sandbox tool, whose README explains it, so that the project owns its
-# real-systemd test, systemd_test.go; keep the two in step.)
+# real-systemd test, systemd_linux_test.go; keep the two in step.)
 #
 #   sandbox.sh start DIR [UNIT_FILE...]   boot it, work dir DIR (new, or without a sandbox's files)
 #   sandbox.sh exec DIR CMD [ARG...]      run CMD inside; exits with CMD's status (125: no sandbox)
