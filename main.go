@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -141,6 +142,7 @@ func defaultTuning() tuning {
 
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
 	sigs := catchSignals() // first of all: no signal may get its default action from here on
+	defer signal.Stop(sigs)
 	if tune.testHooks.signalsCaught != nil {
 		tune.testHooks.signalsCaught()
 	}

@@ -302,6 +302,7 @@ func (m *manager) retry(ctx context.Context, what string, fn func() (*response, 
 			reason = resp.String()
 		}
 		m.logger.Warn("cannot reach the Manager, retrying", "what", what, "err", reason, "retry_in", m.retryDelay)
+		waitingOnPurpose(ctx, m.retryDelay) // for the watchdog (notify.go)
 		if !sleepCtx(ctx, m.retryDelay) {
 			return nil, ctx.Err()
 		}

@@ -94,6 +94,39 @@ func (l *liveness) waiting(loop string, d time.Duration) {
 	l.mu.Unlock()
 }
 
+// loopKey is the context key under which a loop's context names the loop.
+type loopKey struct{}
+
+type loopRef struct {
+	l    *liveness
+	name string
+}
+
+// in returns ctx naming loop, so that code deep down (a retry loop in the
+// Manager client) can say it waits on purpose: waitingOnPurpose.
+func (l *liveness) in(ctx context.Context, loop string) context.Context {
+	if l == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, loopKey{}, loopRef{l, loop})
+}
+
+// waitingOnPurpose records that the loop named by ctx (if any) waits on
+// purpose for up to d; it only extends a longer wait already recorded (a
+// running task's), never shortens it.
+func waitingOnPurpose(ctx context.Context, d time.Duration) {
+	r, ok := ctx.Value(loopKey{}).(loopRef)
+	if !ok {
+		return
+	}
+	until := time.Now().Add(d)
+	r.l.mu.Lock()
+	defer r.l.mu.Unlock()
+	if hb := r.l.loops[r.name]; hb.until.Before(until) {
+		r.l.loops[r.name] = heartbeat{at: time.Now(), until: until}
+	}
+}
+
 // stale lists the loops that showed no sign of life for longer than limit.
 func (l *liveness) stale(limit time.Duration) []string {
 	now := time.Now()

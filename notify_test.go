@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -166,4 +167,23 @@ func TestSystemdStatusLine(t *testing.T) {
 	if !ns.has("STATUS=shutting down: flushing the queue, signing off") {
 		t.Errorf("no STATUS= line at shutdown: %q", ns.messages("STATUS="))
 	}
+}
+
+func TestLivenessStale(t *testing.T) {
+	l := newLiveness(nil)
+	ctx := l.in(t.Context(), "fetch")
+	l.waiting("fetch", forever)      // a running task
+	waitingOnPurpose(ctx, time.Hour) // a retry deep down must not shorten it
+	l.beat("forward")
+	l.waiting("idle", time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
+	stale := l.stale(10 * time.Millisecond)
+	slices.Sort(stale)
+	if got := strings.Join(stale, ","); got != "forward,idle" {
+		t.Errorf("stale(10ms) = %q, want forward,idle (beat or wait ended 20 ms ago), not fetch", got)
+	}
+	if hb := l.loops["fetch"]; time.Until(hb.until) < 24*time.Hour {
+		t.Errorf("waitingOnPurpose shortened a running task's wait to %v", hb.until)
+	}
+	waitingOnPurpose(t.Context(), time.Hour) // no loop in ctx: nothing, no panic
 }

@@ -235,6 +235,7 @@ func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outc
 // being old. It ends when ctx is done.
 func (q *queue) forward(ctx context.Context, d deliverer) {
 	backoff := time.Duration(0)
+	ctx = q.live.in(ctx, "forward")
 	for ctx.Err() == nil {
 		q.live.beat("forward")
 		q.mu.Lock()

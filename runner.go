@@ -162,6 +162,7 @@ func (w *worker) request(status string) {
 // loop is the worker's main loop; it returns when ctx ends or the worker
 // shuts down on request.
 func (w *worker) loop(ctx context.Context) {
+	ctx = w.live.in(ctx, "fetch")
 	for ctx.Err() == nil {
 		w.live.beat("fetch")
 		select {

@@ -124,8 +124,8 @@ func (s *signalLoop) run(done <-chan struct{}) {
 		case syscall.SIGTSTP:
 			s.logger.Info("SIGTSTP: going asleep")
 			s.request(sleepLocal)
-		case syscall.SIGCONT, syscall.SIGUSR2:
-			s.logger.Info(sig.String() + ": waking up")
+		case syscall.SIGCONT, syscall.SIGUSR2: // SIGCONT also follows every SIGSTOP, and systemd's SIGTERM
+			s.logger.Debug("wake-up signal", "signal", sig.String())
 			s.request(wakeLocal)
 		}
 	}
@@ -177,6 +177,7 @@ func (w *worker) localRequest(status string) string {
 		case w.state != stateAsleep:
 			return "" // already awake (or in error, which ends by itself)
 		}
+		w.logger.Info("SIGCONT or SIGUSR2: waking up")
 		w.asleepBy = ""
 		return stateAwake
 	case stateAwake, stateError, stateShutdown, "shutdown":
