@@ -183,27 +183,22 @@ systemctl daemon-reload && systemctl restart flamenco-worker`)
 		t.Errorf("restarted after SIGSTOP, but not by the watchdog:\n%s", j)
 	}
 
-	// 10. A worker error shows in journalctl -p err (journald priorities).
-	var once atomic.Bool
-	fm.set(func(fm *fakeManager) {
-		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
-			if r.URL.Path == "/task" && once.CompareAndSwap(false, true) {
-				w.Write([]byte(`{"_id": ""}`))
-				return true
-			}
-			return false
-		}
-	})
-	waitFor(t, 30*time.Second, "the undecodable task to be fetched", once.Load)
-	waitFor(t, 10*time.Second, "the error in the journal", func() bool {
-		return strings.Contains(sb.journal("flamenco-worker"), "a task we cannot read")
-	})
-	if out, _ := sb.run("journalctl", "-p", "err", "-u", "flamenco-worker"); !strings.Contains(out, "a task we cannot read") {
-		pending(t, "logging", "journalctl -p err -u flamenco-worker does not show the worker's error")
+	// 10. A worker error shows in journalctl -p err (journald priorities),
+	// and in systemctl status: a render share that is not mounted.
+	cfg := "/var/lib/flamenco-worker/flamenco-worker.cfg"
+	sb.must("bash", "-ec", "cp "+cfg+" /var/lib/flamenco-worker/good.cfg && printf '[pre_task_check]\\nread.0 = /mnt/not-mounted\\n' >>"+cfg+" && systemctl restart flamenco-worker")
+	sb.waitOutput(`Status: "error: pre-task check read.0: /mnt/not-mounted does not exist, retrying at `, "systemctl", "status", "flamenco-worker")
+	workerLines := []string{"journalctl", "-o", "cat", "_SYSTEMD_UNIT=flamenco-worker.service", "_TRANSPORT=stdout"}
+	if out, _ := sb.run(workerLines...); !strings.Contains(out, "/mnt/not-mounted") {
+		t.Errorf("the worker's lines in the journal lack its pre-task check error:\n%s", out)
 	}
+	if out, _ := sb.run(append(workerLines, "-p", "err")...); !strings.Contains(out, "/mnt/not-mounted") {
+		pending(t, "logging", "journalctl -p err -u flamenco-worker does not show the worker's error (the failing pre-task check)")
+	}
+	sb.must("bash", "-ec", "cp /var/lib/flamenco-worker/good.cfg "+cfg)
 
 	// 11. No restart after a configuration error (exit 47).
-	sb.must("bash", "-ec", "cp /var/lib/flamenco-worker/flamenco-worker.cfg /var/lib/flamenco-worker/good.cfg && echo 'not an ini line' >>/var/lib/flamenco-worker/flamenco-worker.cfg")
+	sb.must("bash", "-ec", "echo 'not an ini line' >>"+cfg)
 	sb.must("systemctl", "stop", "flamenco-worker") // a clean exit: ExecMainStatus=0
 	n = sb.restarts()
 	sb.run("systemctl", "start", "flamenco-worker")
