@@ -220,7 +220,7 @@ func (w *worker) statusLine() string {
 		return "shutting down"
 	case cur != nil:
 		act, _ := cur.rep.snapshot()
-		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, act.Activity, act.TaskProgressPercentage)
+		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
 	case state == stateAsleep && asleepBy != "":
 		s = "asleep (" + asleepBy + ")"
 	case state == stateAsleep:
