@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -55,7 +56,8 @@ type tuning struct {
 	outputWindow  time.Duration // /output-produced at most once per window
 	updateBackoff backoff       // retry delays of the update forwarder
 	http          httpTimeouts
-	ssdpTargets   []string // where discovery searches for the Manager (not a key)
+	ssdpTargets   []string  // where discovery searches for the Manager (not a key)
+	testHooks     testHooks // nil functions in production (not a key)
 }
 
 // backoff is an exponential retry delay: it starts at min and doubles up to max.
@@ -90,6 +92,11 @@ func defaultTuning() tuning {
 // runTuned is run with tune as the defaults of the tuning keys (tests
 // shorten them); the config files still override them.
 func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune tuning) int {
+	sigs := catchSignals() // first of all: no signal may get its default action from here on
+	defer signal.Stop(sigs)
+	if tune.testHooks.signalsCaught != nil {
+		tune.testHooks.signalsCaught()
+	}
 	opts, err := parseFlags(args)
 	if errors.Is(err, errHelp) {
 		fmt.Fprint(stdout, usageText)
@@ -118,10 +125,12 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 	defer logs.close()
 	logger = logs.logger
 	if opts.runTask != "" {
+		releaseSignals(sigs)
 		return runTaskFile(ctx, cfg, opts.runTask, stdout, stderr, newRunEnv(cfg, logger))
 	}
 	applyFlags(cfg, opts, logger)
 	if opts.check {
+		releaseSignals(sigs)
 		if !preflight(ctx, cfg, cfg.Tuning, stdout, logger) {
 			return exitFailure
 		}
@@ -132,7 +141,7 @@ func runTuned(ctx context.Context, args []string, stdout, stderr io.Writer, tune
 			fmt.Fprintf(stderr, "flamenco-worker: %v\n", err)
 		}
 	}
-	return serve(ctx, cfg, opts, stderr, logs)
+	return serve(ctx, sigs, cfg, opts, stderr, logs)
 }
 
 // applyFlags lets --test and --reregister override the config in memory.
@@ -214,9 +223,24 @@ func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
 const signOffBudget = 4 * time.Second
 
 // serve runs the worker against the Manager until shutdown.
-func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, logs *logSetup) int {
+func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options, stderr io.Writer, logs *logSetup) int {
 	logger := logs.logger
 	logger.Info("starting Flamenco Worker", "version", workerVersion(), "pid", os.Getpid(), "config_files", strings.Join(cfg.LoadedFiles, ", "))
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	sig := newSignalLoop(sigs, stop, stderr, logger)
+	sig.reopen = func() {
+		if err := logs.reopen(); err != nil {
+			logger.Error("cannot reopen the log files", "err", err)
+		}
+	}
+	stopSignals, sigDone := make(chan struct{}), make(chan struct{})
+	go func() { // ends when stopSignals is closed, or on the second signal
+		defer close(sigDone)
+		sig.run(stopSignals)
+	}()
+	defer func() { close(stopSignals); <-sigDone }()
+
 	release, err := takeInstanceLocks(cfg, logger)
 	if err != nil {
 		logger.Error(err.Error())
@@ -224,7 +248,10 @@ func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, lo
 	}
 	defer release()
 	if cfg.ManagerURL == "" {
-		found, err := discoverManager(ctx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
+		found, err := discoverManager(runCtx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
+		if runCtx.Err() != nil {
+			return exitOK // stopped while looking for the Manager
+		}
 		if err != nil {
 			logger.Error("cannot find the Manager", "err", err)
 			return exitFailure
@@ -246,16 +273,9 @@ func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, lo
 	out := make(chan outgoing, 4)
 	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), out, logger)
 	w.single = opts.single
-
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	sig := newSignalLoop(w, stop, stderr, logger)
-	stopSignals, sigDone := make(chan struct{}), make(chan struct{})
-	go func() { // ends when stopSignals is closed, or on the second signal
-		defer close(sigDone)
-		sig.run(stopSignals)
-	}()
-	defer func() { close(stopSignals); <-sigDone }()
+	w.live = newLiveness(cfg.Tuning.testHooks.beat)
+	q.live = w.live
+	sig.attach(w)
 
 	done := make(chan int, 1)
 	go func() { done <- w.serve(runCtx, stop, opts) }() // ends after the shutdown sequence
@@ -274,6 +294,7 @@ func serve(ctx context.Context, cfg *Config, opts *options, stderr io.Writer, lo
 
 // serve signs on, runs the loop and shuts down cleanly.
 func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *options) int {
+	sdNotify("STATUS=signing on at the Manager")
 	if err := w.mgr.startup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return exitOK // stopped while still registering or signing on
@@ -292,7 +313,8 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	var bg sync.WaitGroup
 	bg.Go(func() { w.q.forward(fwdCtx, w.deliverer()) })       // ends with fwdCtx
 	bg.Go(func() { notifier.run(ctx) })                        // ends with ctx
-	bg.Go(func() { keepWatchdogFed(ctx, watchdogInterval()) }) // ends with ctx
+	bg.Go(func() { w.pingWhileAlive(ctx, watchdogTimeout()) }) // ends with ctx
+	bg.Go(func() { w.reportStatus(ctx, time.Second) })         // ends with ctx
 	commitDone := make(chan struct{})
 	go func() { // ends when out is closed, below
 		defer close(commitDone)
@@ -300,7 +322,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	}()
 
 	w.loop(ctx)
-	sdNotify("STOPPING=1")
+	sdNotify("STOPPING=1\nSTATUS=shutting down: flushing the queue, signing off")
 	deadline := time.Now().Add(signOffBudget)
 	w.setState(stateShutdown)
 	stop()

@@ -61,6 +61,8 @@ type manager struct {
 	// Manager refused (see signOn); an accepted authenticated request
 	// resets it.
 	authRefusals atomic.Int32
+
+	reach reachability // since when the Manager is unreachable, for STATUS= (notify.go)
 }
 
 // errRefused is a sign-on cycle that ended with our credentials refused,
@@ -236,6 +238,7 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 	}
 	resp, err := m.client.Do(req)
 	stall.Stop()
+	m.reach.note(ctx, err, resp)
 	if err != nil {
 		return nil, m.stalled(ctx, err)
 	}
@@ -478,6 +481,7 @@ func (m *manager) retry(ctx context.Context, what string, fn func() (*response, 
 			reason = resp.String()
 		}
 		m.logger.Warn("cannot reach the Manager, retrying", "what", what, "err", reason, "retry_in", m.retryDelay)
+		waitingOnPurpose(ctx, m.retryDelay) // for the watchdog (notify.go)
 		if !sleepCtx(ctx, m.retryDelay) {
 			return nil, ctx.Err()
 		}

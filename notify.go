@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
-// sdNotify sends a state line ("READY=1", "STOPPING=1", "WATCHDOG=1") to
-// systemd when it runs us as Type=notify; without $NOTIFY_SOCKET it does
-// nothing. Errors are ignored: systemd readiness is a courtesy.
+// sdNotify sends a state line ("READY=1", "STOPPING=1", "WATCHDOG=1",
+// "STATUS=...") to systemd when it runs us as Type=notify; without
+// $NOTIFY_SOCKET it does nothing. Errors are ignored: systemd readiness is
+// a courtesy.
 func sdNotify(state string) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
@@ -27,9 +32,9 @@ func sdNotify(state string) {
 	conn.Write([]byte(state))
 }
 
-// watchdogInterval is half of $WATCHDOG_USEC (systemd's advice), or 0 when
+// watchdogTimeout is $WATCHDOG_USEC (the unit's WatchdogSec=), or 0 when
 // the watchdog is off or meant for another process.
-func watchdogInterval() time.Duration {
+func watchdogTimeout() time.Duration {
 	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
 	if err != nil || usec <= 0 {
 		return 0
@@ -37,22 +42,222 @@ func watchdogInterval() time.Duration {
 	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return 0
 	}
-	return time.Duration(usec) * time.Microsecond / 2
+	return time.Duration(usec) * time.Microsecond
 }
 
-// keepWatchdogFed pings systemd's watchdog until ctx ends.
-func keepWatchdogFed(ctx context.Context, every time.Duration) {
-	if every <= 0 {
+// liveness holds the heartbeats of the worker's long-lived loops (the
+// fetch loop, the update forwarder), so that the watchdog is fed only while
+// every one of them makes progress or waits on purpose. A nil *liveness
+// records nothing.
+type liveness struct {
+	hook func(loop string) // test hook, at every beat
+
+	mu    sync.Mutex
+	loops map[string]heartbeat
+}
+
+// heartbeat is a loop's last sign of life: progress at `at`, or a
+// deliberate wait that lasts until `until`.
+type heartbeat struct{ at, until time.Time }
+
+// forever is the end of a wait with no deadline of its own (an empty
+// queue, a running task: those have their own timeouts).
+const forever = 100 * 365 * 24 * time.Hour
+
+func newLiveness(hook func(string)) *liveness {
+	return &liveness{hook: hook, loops: map[string]heartbeat{}}
+}
+
+// beat records that loop made progress now.
+func (l *liveness) beat(loop string) {
+	if l == nil {
 		return
 	}
-	tick := time.NewTicker(every)
+	now := time.Now()
+	l.mu.Lock()
+	l.loops[loop] = heartbeat{at: now, until: now}
+	l.mu.Unlock()
+	if l.hook != nil {
+		l.hook(loop) // after the beat: a wedge here is a loop stuck in its work
+	}
+}
+
+// waiting records that loop is about to wait on purpose for up to d
+// (forever: as long as it takes).
+func (l *liveness) waiting(loop string, d time.Duration) {
+	if l == nil {
+		return
+	}
+	now := time.Now()
+	l.mu.Lock()
+	l.loops[loop] = heartbeat{at: now, until: now.Add(d)}
+	l.mu.Unlock()
+}
+
+// loopKey is the context key under which a loop's context names the loop.
+type loopKey struct{}
+
+type loopRef struct {
+	l    *liveness
+	name string
+}
+
+// in returns ctx naming loop, so that code deep down (a retry loop in the
+// Manager client) can say it waits on purpose: waitingOnPurpose.
+func (l *liveness) in(ctx context.Context, loop string) context.Context {
+	if l == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, loopKey{}, loopRef{l, loop})
+}
+
+// waitingOnPurpose records that the loop named by ctx (if any) waits on
+// purpose for up to d; it only extends a longer wait already recorded (a
+// running task's), never shortens it.
+func waitingOnPurpose(ctx context.Context, d time.Duration) {
+	r, ok := ctx.Value(loopKey{}).(loopRef)
+	if !ok {
+		return
+	}
+	until := time.Now().Add(d)
+	r.l.mu.Lock()
+	defer r.l.mu.Unlock()
+	if hb := r.l.loops[r.name]; hb.until.Before(until) {
+		r.l.loops[r.name] = heartbeat{at: time.Now(), until: until}
+	}
+}
+
+// stale lists the loops that showed no sign of life for longer than limit.
+func (l *liveness) stale(limit time.Duration) []string {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for name, hb := range l.loops {
+		if now.Sub(hb.until) > limit {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// pingWhileAlive pings systemd's watchdog every timeout/4, but only while no
+// loop is stuck for longer than timeout/2; a stuck loop stops the pings and
+// systemd restarts the worker. It ends with ctx.
+func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	tick := time.NewTicker(timeout / 4)
 	defer tick.Stop()
+	warned := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		stuck := w.live.stale(timeout / 2)
+		if len(stuck) == 0 {
 			sdNotify("WATCHDOG=1")
+			warned = false
+			continue
+		}
+		if !warned {
+			w.logger.Error("a loop of the worker is stuck: no more watchdog pings, systemd will restart the worker", "loops", strings.Join(stuck, ","))
+			warned = true
+		}
+	}
+}
+
+// reachability tracks since when the Manager cannot be reached (a network
+// error, or a proxy's 502/503/504), for the STATUS= line.
+type reachability struct {
+	mu    sync.Mutex
+	since time.Time // zero: the last request got through
+}
+
+// note records the outcome of one request; one that ends because the
+// worker stops says nothing about the Manager.
+func (r *reachability) note(ctx context.Context, err error, resp *http.Response) {
+	if ctx.Err() != nil {
+		return
+	}
+	down := err != nil || resp.StatusCode == http.StatusBadGateway ||
+		resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusGatewayTimeout
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case !down:
+		r.since = time.Time{}
+	case r.since.IsZero():
+		r.since = time.Now()
+	}
+}
+
+func (r *reachability) downSince() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.since
+}
+
+// noteTrouble records why the worker goes to the error state and when it
+// tries again, for the STATUS= line; waking up clears it.
+func (w *worker) noteTrouble(err error, retry time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(retry).Format("15:04"))
+}
+
+// statusLine says what the worker does, for systemctl status.
+func (w *worker) statusLine() string {
+	w.mu.Lock()
+	state, cur, asleepBy, trouble := w.state, w.current, w.asleepBy, w.trouble
+	w.mu.Unlock()
+	var s string
+	switch {
+	case state == stateShutdown:
+		return "shutting down"
+	case cur != nil:
+		act, _ := cur.rep.snapshot()
+		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
+	case state == stateAsleep && asleepBy != "":
+		s = "asleep (" + asleepBy + ")"
+	case state == stateAsleep:
+		s = "asleep"
+	case state == stateError:
+		s = "error: " + trouble
+	default:
+		s = "idle, waiting for a task"
+	}
+	if since := w.mgr.reach.downSince(); !since.IsZero() {
+		down := fmt.Sprintf("Manager unreachable since %s, %d updates queued", since.Format("15:04:05"), w.q.len())
+		if cur == nil && state == stateAwake {
+			return down
+		}
+		s += "; " + down
+	}
+	return s
+}
+
+// reportStatus keeps systemd's STATUS= line current: it sends the line
+// when it changed, at most once every interval. It ends with ctx.
+func (w *worker) reportStatus(ctx context.Context, interval time.Duration) {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	last := ""
+	for {
+		if line := w.statusLine(); line != last {
+			sdNotify("STATUS=" + line)
+			last = line
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }

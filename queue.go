@@ -41,6 +41,8 @@ type queue struct {
 	retry backoff // retry delays of the forwarder (update_backoff_min/max_seconds)
 
 	st queueStore // the SQLite file itself (queuestore.go)
+
+	live *liveness // the forwarder's heartbeats, for the watchdog (notify.go)
 }
 
 // openQueue opens (creating if needed) the queue database, see open; retry
@@ -237,7 +239,9 @@ func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outc
 // being old. It ends when ctx is done.
 func (q *queue) forward(ctx context.Context, d deliverer) {
 	backoff := time.Duration(0)
+	ctx = q.live.in(ctx, "forward")
 	for ctx.Err() == nil {
+		q.live.beat("forward")
 		q.mu.Lock()
 		changed := q.changed
 		q.mu.Unlock()
@@ -245,6 +249,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 		switch {
 		case empty:
 			backoff = 0
+			q.live.waiting("forward", forever)
 			select {
 			case <-changed:
 			case <-ctx.Done():
@@ -255,6 +260,7 @@ func (q *queue) forward(ctx context.Context, d deliverer) {
 			}
 			backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
 			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
+			q.live.waiting("forward", backoff)
 			sleepCtx(ctx, backoff)
 		default:
 			backoff = 0

@@ -98,6 +98,11 @@ type worker struct {
 	mu      sync.Mutex
 	state   string
 	current *runningTask
+	// Under mu too: why the worker is asleep (asleepByManager, asleepBySignal),
+	// and why it is in the error state (noteTrouble), for STATUS=.
+	asleepBy, trouble string
+
+	live *liveness // heartbeats for the watchdog (notify.go)
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -133,7 +138,7 @@ func (w *worker) setState(s string) {
 // may-i-run answer). Going asleep stops a running task at once; the rest
 // waits for the main loop. It never blocks; a full inbox drops the oldest.
 func (w *worker) request(status string) {
-	if status != stateAwake && status != stateError && status != "shutdown" {
+	if status != stateAwake && status != wakeLocal && status != stateError && status != "shutdown" {
 		w.abortTask("", errGoingAsleep)
 	}
 	for {
@@ -152,7 +157,9 @@ func (w *worker) request(status string) {
 // loop is the worker's main loop; it returns when ctx ends or the worker
 // shuts down on request.
 func (w *worker) loop(ctx context.Context) {
+	ctx = w.live.in(ctx, "fetch")
 	for ctx.Err() == nil {
+		w.live.beat("fetch")
 		select {
 		case status := <-w.requests:
 			w.changeStatus(ctx, status)
@@ -177,6 +184,7 @@ func (w *worker) loop(ctx context.Context) {
 // wait sleeps d unless a status change or shutdown comes first, which it
 // applies. It reports whether d passed undisturbed.
 func (w *worker) wait(ctx context.Context, d time.Duration) bool {
+	w.live.waiting("fetch", d)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -199,6 +207,7 @@ func (w *worker) awake(ctx context.Context) {
 	}
 	if err := preTaskChecks(w.cfg.PreTaskChecks); err != nil {
 		w.logger.Error("pre-task check failed, waiting until it succeeds", "err", err)
+		w.noteTrouble(err, w.cfg.ErrorRetry)
 		w.changeStatus(ctx, stateError)
 		return
 	}
@@ -239,6 +248,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		return
 	}
 	w.logger.Info("received task", "task_id", t.ID)
+	w.live.waiting("fetch", forever) // a task bounds its own time (subprocess and task timeouts)
 	w.runTask(ctx, t)
 	w.commitPending()
 	if err := w.q.waitDelivered(ctx, w.q.lastID()); err == nil {
@@ -415,6 +425,9 @@ func (w *worker) deliverer() deliverer {
 // changeStatus applies a status requested by the Manager or a signal
 // (spec/python-worker.md §6.3) and acknowledges it.
 func (w *worker) changeStatus(ctx context.Context, status string) {
+	if status = w.localRequest(status); status == "" {
+		return
+	}
 	switch status {
 	case stateAwake:
 		w.setState(stateAwake)

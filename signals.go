@@ -13,33 +13,96 @@ import (
 	"syscall"
 )
 
+// handledSignals are caught from the first instant of run (catchSignals),
+// so that none of them gets its default action while the worker starts.
+// SIGQUIT is left to Go: it dumps the goroutines and exits 2, and the unit
+// restarts the worker.
+var handledSignals = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTSTP, syscall.SIGCONT,
+}
+
+// catchSignals starts catching handledSignals; they wait in the channel
+// until a signal loop reads them. Catching SIGPIPE (rather than ignoring
+// it, which subprocesses would inherit) makes a write to a closed stdout
+// or stderr fail with EPIPE instead of killing the worker.
+func catchSignals() chan os.Signal {
+	ch := make(chan os.Signal, 16)
+	signal.Notify(ch, handledSignals...)
+	return ch
+}
+
+// releaseSignals gives the signals back their default actions, for the
+// modes that do not serve (--check, --run-task), and re-raises the ones
+// that arrived meanwhile so they have the effect they would have had.
+func releaseSignals(ch chan os.Signal) {
+	signal.Stop(ch)
+	for {
+		select {
+		case sig := <-ch:
+			if sig != syscall.SIGPIPE && sig != syscall.SIGCONT {
+				syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+			}
+		default:
+			return
+		}
+	}
+}
+
+// Status requests that come from a local signal rather than the Manager:
+// a local wake-up does not override a sleep the Manager asked for.
+const (
+	sleepLocal = "asleep (SIGTSTP)"
+	wakeLocal  = "awake (signal)"
+)
+
+// Why the worker is asleep, for the log and systemd's STATUS= line.
+const (
+	asleepByManager = "requested by the Manager"
+	asleepBySignal  = "SIGTSTP"
+)
+
 // signalLoop turns signals into worker actions (DESIGN.md "Signals"):
 // SIGINT/SIGTERM shut down cleanly and a second one exits at once, SIGUSR1
-// dumps goroutine stacks and state, SIGTSTP sleeps, SIGCONT wakes.
+// dumps goroutine stacks and state, SIGTSTP sleeps, SIGCONT and SIGUSR2
+// wake, SIGHUP reopens the log files, SIGPIPE is dropped.
 type signalLoop struct {
-	w        *worker
+	ch       chan os.Signal // from catchSignals
+	w        *worker        // nil until attach
+	attached chan *worker
 	shutdown context.CancelFunc
 	stderr   io.Writer
 	logger   *slog.Logger
 	forced   chan struct{} // closed on the second SIGINT/SIGTERM
+	reopen   func()        // on SIGHUP: reopen the log files; nil = nothing to reopen
+	pending  []string      // status requests that came before the worker existed
 }
 
-func newSignalLoop(w *worker, shutdown context.CancelFunc, stderr io.Writer, logger *slog.Logger) *signalLoop {
-	return &signalLoop{w: w, shutdown: shutdown, stderr: stderr, logger: logger, forced: make(chan struct{})}
+func newSignalLoop(ch chan os.Signal, shutdown context.CancelFunc, stderr io.Writer, logger *slog.Logger) *signalLoop {
+	return &signalLoop{ch: ch, attached: make(chan *worker, 1), shutdown: shutdown, stderr: stderr, logger: logger, forced: make(chan struct{})}
 }
+
+// attach hands the loop the worker once it exists; requests that came
+// earlier are applied then.
+func (s *signalLoop) attach(w *worker) { s.attached <- w }
 
 // run handles signals until done is closed.
 func (s *signalLoop) run(done <-chan struct{}) {
-	ch := make(chan os.Signal, 4)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGTSTP, syscall.SIGCONT)
-	defer signal.Stop(ch)
+	defer signal.Stop(s.ch)
 	terminating := false
 	for {
 		var sig os.Signal
 		select {
 		case <-done:
 			return
-		case sig = <-ch:
+		case w := <-s.attached:
+			s.w = w
+			for _, r := range s.pending {
+				w.request(r)
+			}
+			s.pending = nil
+			continue
+		case sig = <-s.ch:
 		}
 		switch sig {
 		case syscall.SIGINT, syscall.SIGTERM:
@@ -50,16 +113,30 @@ func (s *signalLoop) run(done <-chan struct{}) {
 			terminating = true
 			s.logger.Info("shutting down cleanly; send the signal again to exit at once", "signal", sig.String())
 			s.shutdown()
+		case syscall.SIGHUP:
+			s.logger.Info("SIGHUP: reopening the log files")
+			if s.reopen != nil {
+				s.reopen()
+			}
+		case syscall.SIGPIPE: // a closed stdout or stderr: the write already failed with EPIPE
 		case syscall.SIGUSR1:
 			s.dump()
 		case syscall.SIGTSTP:
 			s.logger.Info("SIGTSTP: going asleep")
-			s.w.request(stateAsleep)
-		case syscall.SIGCONT:
-			s.logger.Info("SIGCONT: waking up")
-			s.w.request(stateAwake)
+			s.request(sleepLocal)
+		case syscall.SIGCONT, syscall.SIGUSR2: // SIGCONT also follows every SIGSTOP, and systemd's SIGTERM
+			s.logger.Debug("wake-up signal", "signal", sig.String())
+			s.request(wakeLocal)
 		}
 	}
+}
+
+func (s *signalLoop) request(status string) {
+	if s.w == nil {
+		s.pending = append(s.pending, status)
+		return
+	}
+	s.w.request(status)
 }
 
 // dump writes every goroutine's stack and a state summary to stderr.
@@ -73,5 +150,49 @@ func (s *signalLoop) dump() {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	fmt.Fprintf(s.stderr, "=== SIGUSR1: Flamenco Worker state ===\n%s\n=== goroutines ===\n%s=== end of dump ===\n", s.w.summary(), buf)
+	summary := "state: starting up (no Manager connection yet)."
+	if s.w != nil {
+		summary = s.w.summary()
+	}
+	fmt.Fprintf(s.stderr, "=== SIGUSR1: Flamenco Worker state ===\n%s\n=== goroutines ===\n%s=== end of dump ===\n", summary, buf)
+}
+
+// localRequest applies what a status request means for the reason the
+// worker sleeps, and turns a local request into the status to go to; ""
+// means: nothing to do. Called by changeStatus, on the main loop.
+func (w *worker) localRequest(status string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch status {
+	case sleepLocal:
+		if w.state != stateAsleep || w.asleepBy == "" {
+			w.asleepBy = asleepBySignal
+		}
+		return stateAsleep
+	case wakeLocal:
+		switch {
+		case w.state == stateAsleep && w.asleepBy == asleepByManager:
+			w.logger.Info("staying asleep: the Manager asked for it; wake the worker from the Manager")
+			return ""
+		case w.state != stateAsleep:
+			return "" // already awake (or in error, which ends by itself)
+		}
+		w.logger.Info("SIGCONT or SIGUSR2: waking up")
+		w.asleepBy = ""
+		return stateAwake
+	case stateAwake, stateError, stateShutdown, "shutdown":
+		w.asleepBy = ""
+		if status == stateAwake {
+			w.trouble = ""
+		}
+	default: // asleep, or a status we cannot go to, which means asleep
+		w.asleepBy = asleepByManager
+	}
+	return status
+}
+
+// testHooks let the end-to-end tests reach into a real worker process.
+type testHooks struct {
+	signalsCaught func()            // right after catchSignals
+	beat          func(loop string) // at every heartbeat of a loop (see liveness)
 }

@@ -25,6 +25,7 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("FW_TEST_WORKER") == "1" {
 		tune := testTuning()
+		applyTestHooks(&tune) // signals_test.go
 		if os.Getenv("FW_TEST_REAL_TUNING") == "1" {
 			tune = defaultTuning() // bench/: the real delays, with a profile
 		}

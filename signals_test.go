@@ -1,0 +1,208 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// applyTestHooks sets the test hooks a re-exec'd worker reads from its
+// environment: FW_TEST_CAUGHT_FD=N writes one byte to fd N once signals are
+// caught; FW_TEST_WEDGE=LOOP blocks LOOP for good right after its first heartbeat
+// after one second.
+func applyTestHooks(tune *tuning) {
+	if os.Getenv("FW_TEST_CAUGHT_FD") == "3" {
+		tune.testHooks.signalsCaught = func() {
+			f := os.NewFile(3, "caught")
+			f.Write([]byte{1})
+			f.Close()
+		}
+	}
+	if loop := os.Getenv("FW_TEST_WEDGE"); loop != "" {
+		start := time.Now()
+		tune.testHooks.beat = func(l string) {
+			if l == loop && time.Since(start) > time.Second {
+				select {} // wedged: this loop never beats again
+			}
+		}
+	}
+}
+
+// startEarly starts the worker with a pipe on fd 3 and returns once the
+// worker has caught its signals: the earliest moment a Go program can
+// handle one (before it, between execve and the Go runtime's start, the
+// kernel's default action applies to any program).
+func startEarly(f *farm) *workerProc {
+	f.t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer r.Close()
+	f.env = append(f.env, "FW_TEST_CAUGHT_FD=3")
+	p := startWith(f, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{w} })
+	w.Close()
+	if _, err := r.Read(make([]byte, 1)); err != nil {
+		f.t.Fatalf("worker did not report catching its signals: %v; output:\n%s", err, p.out.String())
+	}
+	return p
+}
+
+// startWith is farm.start with a chance to change the command first.
+func startWith(f *farm, prepare func(*exec.Cmd), args ...string) *workerProc {
+	f.t.Helper()
+	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], args...)
+	p.cmd.Dir = f.dir
+	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
+	p.cmd.Env = append(p.cmd.Env, f.env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	prepare(p.cmd)
+	if err := p.cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	go func() { // ends when the worker exits
+		p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	f.t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if f.t.Failed() {
+			f.t.Logf("worker output:\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+// exitedBy says how a worker ended: "exit N" or the signal that killed it.
+func exitedBy(p *workerProc) string {
+	ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return "exit " + strings.TrimPrefix(p.cmd.ProcessState.String(), "exit status ")
+}
+
+func TestEarlySignals(t *testing.T) {
+	t.Run("SIGTERM before the Manager connection: clean exit", func(t *testing.T) {
+		f := newFarm(t, "").registered()
+		p := startEarly(f)
+		p.signal(syscall.SIGTERM)
+		p.wait(15 * time.Second)
+		if got := exitedBy(p); got != "exit 0" {
+			t.Fatalf("worker sent SIGTERM at its start: %s, want exit 0; output:\n%s", got, p.out.String())
+		}
+	})
+	t.Run("SIGTSTP at the start: asleep, not stopped", func(t *testing.T) {
+		f := newFarm(t, "").registered()
+		p := startEarly(f)
+		p.signal(syscall.SIGTSTP)
+		waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+		if n := f.fm.count("POST /task"); n != 0 {
+			t.Errorf("%d task fetches after an early SIGTSTP", n)
+		}
+		p.stop()
+	})
+}
+
+func TestSIGHUPKeepsRunning(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	p.signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the SIGHUP log line", func() bool { return strings.Contains(p.out.String(), "SIGHUP: reopening the log files") })
+	fetches := f.fm.count("POST /task")
+	waitFor(t, 10*time.Second, "fetching on after SIGHUP", func() bool { return f.fm.count("POST /task") > fetches+2 })
+	p.stop()
+}
+
+func TestSIGPIPEOnClosedStderr(t *testing.T) {
+	f := newFarm(t, "").registered()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startWith(f, func(c *exec.Cmd) { c.Stderr = w })
+	w.Close()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	r.Close() // every log line now gets EPIPE and a SIGPIPE
+	p.signal(syscall.SIGUSR1)
+	fetches := f.fm.count("POST /task")
+	waitFor(t, 10*time.Second, "fetching on with stderr closed", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("worker with a closed stderr: %s", exitedBy(p))
+		default:
+		}
+		return f.fm.count("POST /task") > fetches+3
+	})
+	p.signal(syscall.SIGTERM)
+	p.wait(15 * time.Second)
+	if got := exitedBy(p); got != "exit 0" {
+		t.Errorf("worker with a closed stderr, after SIGTERM: %s, want exit 0", got)
+	}
+	if calls := f.fm.callPaths(); calls[len(calls)-1] != "POST /sign-off" {
+		t.Errorf("last call = %s, want the sign-off", calls[len(calls)-1])
+	}
+}
+
+func TestSIGQUITDumpsAndExits(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	p.signal(syscall.SIGQUIT)
+	p.wait(15 * time.Second)
+	// Go's dump and exit 2: not 47, so the unit restarts the worker.
+	if got := exitedBy(p); got != "exit 2" || !strings.Contains(p.out.String(), "goroutine ") {
+		t.Errorf("after SIGQUIT: %s, want Go's goroutine dump and exit 2", got)
+	}
+}
+
+func TestSIGUSR2Wakes(t *testing.T) {
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	p.signal(syscall.SIGTSTP)
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	fetches := f.fm.count("POST /task")
+	p.signal(syscall.SIGUSR2) // the Python worker's wake-up signal
+	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
+	waitFor(t, 5*time.Second, "fetching again", func() bool { return f.fm.count("POST /task") > fetches })
+	p.stop()
+}
+
+func TestSIGCONTKeepsManagerSleep(t *testing.T) {
+	f := newFarm(t, "").registered()
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "asleep" })
+	p := f.start()
+	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+	p.signal(syscall.SIGCONT)
+	waitFor(t, 10*time.Second, "the log line saying why", func() bool {
+		return strings.Contains(p.out.String(), "staying asleep: the Manager asked for it")
+	})
+	polls := f.fm.count("GET /status-change")
+	waitFor(t, 10*time.Second, "more status-change polls", func() bool { return f.fm.count("GET /status-change") > polls+2 })
+	if n := f.fm.count("POST /ack-status-change/awake") + f.fm.count("POST /task") - 1; n != 0 {
+		t.Errorf("a local SIGCONT overrode the Manager's sleep: calls %v", f.fm.callPaths())
+	}
+	// A local sleep on top of the Manager's is still the Manager's: SIGCONT keeps it.
+	p.signal(syscall.SIGTSTP)
+	waitFor(t, 10*time.Second, "the second asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 2 })
+	p.signal(syscall.SIGCONT)
+	waitFor(t, 10*time.Second, "the second log line saying why", func() bool {
+		return strings.Count(p.out.String(), "staying asleep: the Manager asked for it") == 2
+	})
+	// The Manager wakes it.
+	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "awake" })
+	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
+	p.stop()
+}
