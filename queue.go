@@ -30,13 +30,15 @@ type queue struct {
 	db     *sql.DB
 	logger *slog.Logger
 
-	sendMu sync.Mutex // one delivery at a time, so rows go out in order
+	sendMu sync.Mutex // held by the one sender of the head row, so rows go out once and in order
 
 	mu      sync.Mutex
 	size    int           // rows in the table
 	last    int64         // id of the newest row ever enqueued
 	head    int64         // id of the oldest undelivered row; 0 when unknown
 	changed chan struct{} // closed and replaced whenever a row comes or goes
+	passes  chan chan error // flush's requests for a pass, to the running forwarder
+	fwdDone chan struct{}   // closed once the forwarder has stopped
 
 	minBackoff, maxBackoff time.Duration // retry delays of the forwarder
 }
@@ -200,16 +202,16 @@ const (
 	retryLater                // network error, timeout, 5xx: try again after a backoff
 )
 
-// deliverOne sends the oldest row, if any. It reports whether the queue
-// was empty and what became of the row.
-func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outcome, _ error) {
+// deliverOne sends the oldest row, if any, under sendCtx. It reports
+// whether the queue was empty and what became of the row.
+func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ outcome, _ error) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
 	u, err := q.peek()
 	if err != nil || u == nil {
 		return u == nil && err == nil, retryLater, err
 	}
-	resp, err := d.send(ctx, u.taskID, u.payload)
+	resp, err := d.send(sendCtx, u.taskID, u.payload)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}
@@ -228,32 +230,67 @@ func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outc
 	return false, delivered, q.remove(u.id)
 }
 
-// forward delivers rows as they come until ctx ends. Failures back off
-// exponentially with jitter, up to maxBackoff; nothing is dropped for
-// being old. It ends when ctx is done.
-func (q *queue) forward(ctx context.Context, d deliverer) {
+// errStopping ends a pass that the forwarder could not finish because it
+// was told to stop.
+var errStopping = errors.New("the update forwarder is stopping")
+
+// forward delivers rows as they come until stop is closed. While it runs
+// it is the only goroutine that sends: flush asks it for a pass. Sends run
+// under sendCtx, which only the hard shutdown deadline cancels: closing
+// stop never cuts a send in flight (the Manager may already have taken
+// it, and the update would go out twice), the forwarder stops between
+// sends. Failures back off exponentially with jitter, up to maxBackoff;
+// nothing is dropped for being old.
+func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliverer) {
+	passes := make(chan chan error)
+	done := make(chan struct{})
+	q.mu.Lock()
+	q.passes, q.fwdDone = passes, done
+	q.mu.Unlock()
+	defer close(done)
 	backoff := time.Duration(0)
-	for ctx.Err() == nil {
+	var retry <-chan time.Time // set while backing off
+	for {
 		q.mu.Lock()
 		changed := q.changed
 		q.mu.Unlock()
-		empty, result, err := q.deliverOne(ctx, d)
-		switch {
-		case empty:
-			backoff = 0
-			select {
-			case <-changed:
-			case <-ctx.Done():
+		if retry == nil {
+			empty, result, err := q.deliverOne(sendCtx, d)
+			switch {
+			case empty:
+				backoff = 0
+			case result == retryLater:
+				if sendCtx.Err() != nil {
+					return
+				}
+				backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
+				q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
+				retry = time.After(backoff)
+			default:
+				backoff = 0
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
 			}
-		case result == retryLater:
-			if ctx.Err() != nil {
-				return
+		}
+		if retry != nil {
+			changed = nil // a new row does not cut a backoff short
+		}
+		select {
+		case <-stop:
+			return
+		case reply := <-passes:
+			err := q.pass(stop, sendCtx, d)
+			reply <- err
+			if err == nil {
+				backoff, retry = 0, nil
 			}
-			backoff = nextBackoff(backoff, q.minBackoff, q.maxBackoff)
-			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
-			sleepCtx(ctx, backoff)
-		default:
-			backoff = 0
+		case <-retry:
+			retry = nil
+		case <-changed:
 		}
 	}
 }
@@ -266,11 +303,19 @@ func nextBackoff(prev, least, limit time.Duration) time.Duration {
 	return next + jitter
 }
 
-// flush makes one pass over the queue without backoff, stopping at the
-// first failure: used before returning a task and at shutdown.
-func (q *queue) flush(ctx context.Context, d deliverer) error {
-	for ctx.Err() == nil {
-		empty, result, err := q.deliverOne(ctx, d)
+// pass delivers rows without backoff until the queue is empty or a
+// delivery fails, stopping between sends if stop is closed.
+func (q *queue) pass(stop <-chan struct{}, sendCtx context.Context, d deliverer) error {
+	for {
+		select {
+		case <-stop:
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), errStopping)
+		default:
+		}
+		if sendCtx.Err() != nil {
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), sendCtx.Err())
+		}
+		empty, result, err := q.deliverOne(sendCtx, d)
 		if empty {
 			return nil
 		}
@@ -278,7 +323,33 @@ func (q *queue) flush(ctx context.Context, d deliverer) error {
 			return fmt.Errorf("%d task updates still queued: %w", q.len(), err)
 		}
 	}
-	return ctx.Err()
+}
+
+// flush makes one pass over the queue without backoff, stopping at the
+// first failure: used before returning a task and at shutdown. While the
+// forwarder runs, the pass is the forwarder's, so that one sender owns the
+// queue head; ctx then only bounds the wait, never a send in flight.
+// Without a forwarder, flush sends itself, under ctx.
+func (q *queue) flush(ctx context.Context, d deliverer) error {
+	q.mu.Lock()
+	passes, done := q.passes, q.fwdDone
+	q.mu.Unlock()
+	if passes != nil {
+		reply := make(chan error, 1)
+		select {
+		case passes <- reply:
+			select {
+			case err := <-reply:
+				return err
+			case <-ctx.Done():
+				return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
+			}
+		case <-done: // stopped: send ourselves
+		case <-ctx.Done():
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
+		}
+	}
+	return q.pass(nil, ctx, d)
 }
 
 // commit moves updates from the reporters into the queue, in order. If the

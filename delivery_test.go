@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// steadyTask logs a line every 10 ms for a minute.
+const steadyTask = `sh -c 'i=0; while [ $i -lt 6000 ]; do echo "steady $i"; i=$((i+1)); sleep 0.01; done'`
+
+// envRounds is the number of rounds of a stress test: def, or the value of
+// the environment variable name (for longer runs by hand).
+func envRounds(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// duplicateLogUpdates counts accepted updates whose body, log lines
+// included, the Manager already took: an update sent twice. Bodies without
+// log text are left out, as two activity updates may be alike.
+func duplicateLogUpdates(fm *fakeManager) (dups, total int) {
+	fm.mu.Lock()
+	defer fm.mu.Unlock()
+	seen := map[string]bool{}
+	for _, u := range fm.order {
+		if _, ok := u.Doc["log"]; !ok {
+			continue
+		}
+		total++
+		if seen[u.Raw] {
+			dups++
+		}
+		seen[u.Raw] = true
+	}
+	return dups, total
+}
+
+// TestNoDuplicateUpdateAtShutdown stops a worker mid-task many times, with a
+// Manager that answers its updates a little late, and counts the updates
+// it got twice: stopping the forwarder must never cut a send in flight and
+// then send the same update again.
+func TestNoDuplicateUpdateAtShutdown(t *testing.T) {
+	rounds := envRounds("FW_TEST_DUP_ROUNDS", 40) // SIGTERM rounds; half as many SIGTSTP rounds
+	for _, asleep := range []bool{false, true} {
+		name, rounds := "SIGTERM mid-task", rounds
+		if asleep {
+			name, rounds = "SIGTSTP mid-task, then SIGTERM", max(rounds/2, 1)
+		}
+		t.Run(name, func(t *testing.T) {
+			var results = make(chan [2]int, rounds)
+			t.Run("rounds", func(t *testing.T) {
+				for i := range rounds {
+					t.Run(fmt.Sprint(i), func(t *testing.T) {
+						t.Parallel()
+						results <- shutdownRound(t, asleep)
+					})
+				}
+			})
+			close(results)
+			dups, total, n := 0, 0, 0
+			for r := range results {
+				dups, total, n = dups+r[0], total+r[1], n+1
+			}
+			t.Logf("%d rounds, %d updates with log lines, %d sent twice", n, total, dups)
+			if dups != 0 {
+				t.Errorf("%d updates arrived twice in %d rounds", dups, n)
+			}
+		})
+	}
+}
+
+// shutdownRound runs one worker on a steady task and stops it mid-task; it
+// returns the duplicates and the updates with log lines the Manager got.
+func shutdownRound(t *testing.T, asleep bool) [2]int {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(steadyTask))
+	f.fm.set(func(fm *fakeManager) { fm.updateDelay = 15 * time.Millisecond })
+	p := f.start()
+	waitFor(t, 20*time.Second, "the task to log", func() bool { return strings.Contains(f.fm.logText(id), "> steady 3") })
+	if asleep {
+		// The task is canceled and its last updates go out while the
+		// worker is stopped soon after, as by a sleep schedule and then a
+		// reboot.
+		p.signal(syscall.SIGTSTP)
+		time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
+	}
+	p.stop()
+	d, n := duplicateLogUpdates(f.fm)
+	if d > 0 {
+		t.Logf("%d of %d updates arrived twice", d, n)
+	}
+	return [2]int{d, n}
+}
