@@ -33,10 +33,10 @@ type queue struct {
 	sendMu sync.Mutex // held by the one sender of the head row, so rows go out once and in order
 
 	mu      sync.Mutex
-	size    int           // rows in the table
-	last    int64         // id of the newest row ever enqueued
-	head    int64         // id of the oldest undelivered row; 0 when unknown
-	changed chan struct{} // closed and replaced whenever a row comes or goes
+	size    int             // rows in the table
+	last    int64           // id of the newest row ever enqueued
+	head    int64           // id of the oldest undelivered row; 0 when unknown
+	changed chan struct{}   // closed and replaced whenever a row comes or goes
 	passes  chan chan error // flush's requests for a pass, to the running forwarder
 	fwdDone chan struct{}   // closed once the forwarder has stopped
 
