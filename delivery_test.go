@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,4 +100,54 @@ func shutdownRound(t *testing.T, asleep bool) [2]int {
 		t.Logf("%d of %d updates arrived twice", d, n)
 	}
 	return [2]int{d, n}
+}
+
+// TestNoStaleActiveAfterMayIRunFalse: updates queued before may-i-run said
+// no still go out with their log lines, but none claims "active" for the
+// task the worker was told to stop.
+func TestNoStaleActiveAfterMayIRunFalse(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(steadyTask))
+	// Answers slower than the task logs: updates pile up in the queue.
+	f.fm.set(func(fm *fakeManager) { fm.updateDelay = 150 * time.Millisecond })
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 20*time.Second, "updates to queue up", func() bool { return len(queuedPayloads(t, db)) >= 5 })
+	stopAt := -1
+	f.fm.set(func(fm *fakeManager) {
+		fm.mayIRunHook = func(string) (bool, string) {
+			if stopAt < 0 {
+				stopAt = len(fm.order) // under fm.mu
+			}
+			return false, ""
+		}
+	})
+	waitFor(t, 20*time.Second, "the task to be returned", func() bool { return f.fm.count("POST /tasks/"+id+"/return") == 1 })
+	p.stop()
+
+	f.fm.mu.Lock()
+	after := append([]update(nil), f.fm.order[stopAt:]...)
+	f.fm.mu.Unlock()
+	// The first may have been on its way when the Manager said no.
+	var statuses []string
+	withLog := 0
+	for i, u := range after {
+		if _, ok := u.Doc["log"]; ok {
+			withLog++
+		}
+		if s, ok := u.Doc["task_status"]; ok && i > 0 {
+			statuses = append(statuses, fmt.Sprint(s))
+		}
+	}
+	t.Logf("%d updates after may-i-run said no, %d with log lines", len(after), withLog)
+	if withLog < 3 {
+		t.Fatalf("only %d updates with log lines after may-i-run said no; the test needs queued ones", withLog)
+	}
+	if len(statuses) > 0 {
+		t.Errorf("statuses sent after may-i-run said no: %v", statuses)
+	}
+	if !strings.Contains(f.fm.logText(id), "stopped running this task, no longer allowed to run by Manager") {
+		t.Errorf("the task's last log lines did not arrive")
+	}
 }

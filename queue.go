@@ -192,6 +192,7 @@ func (q *queue) remove(id int64) error {
 type deliverer struct {
 	send     func(ctx context.Context, taskID string, payload []byte) (*response, error)
 	rejected func(taskID string, status int) // the Manager will never take updates for this task
+	stopped  func(taskID string) bool        // the Manager told us to stop this task: send no status
 }
 
 // outcome of one delivery attempt.
@@ -211,7 +212,11 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 	if err != nil || u == nil {
 		return u == nil && err == nil, retryLater, err
 	}
-	resp, err := d.send(sendCtx, u.taskID, u.payload)
+	payload := u.payload
+	if d.stopped != nil && d.stopped(u.taskID) {
+		payload = withoutStatus(payload)
+	}
+	resp, err := d.send(sendCtx, u.taskID, payload)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}

@@ -407,3 +407,22 @@ func (r *reporter) snapshot() (u taskUpdate, pid int) {
 	defer r.mu.Unlock()
 	return r.act, int(r.pid.Load())
 }
+
+// withoutStatus is a queued update without its task_status, for a task the
+// Manager told us to stop: its log lines and activity still go out, but a
+// stale "active" would claim a task that is no longer ours.
+func withoutStatus(payload []byte) []byte {
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(payload, &doc) != nil {
+		return payload
+	}
+	if _, ok := doc["task_status"]; !ok {
+		return payload
+	}
+	delete(doc, "task_status")
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return payload
+	}
+	return out
+}

@@ -103,6 +103,7 @@ type worker struct {
 	mu      sync.Mutex
 	state   string
 	current *runningTask
+	stopped map[string]bool // tasks the Manager told us to stop: their queued updates go without a status
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -267,6 +268,7 @@ func (w *worker) runTask(ctx context.Context, t *task) {
 	}
 	rep := newReporter(t.ID, w.cfg, w.out)
 	rep.nCommands = max(len(t.Commands), 1)
+	w.markStopped(t.ID, false) // given to us again: ours again
 	w.setCurrent(&runningTask{id: t.ID, rep: rep, abort: abort})
 	defer w.setCurrent(nil)
 
@@ -393,6 +395,7 @@ func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, 
 			continue
 		}
 		w.logger.Warn("not allowed to keep running task", "task_id", taskID, "reason", answer.Reason)
+		w.markStopped(taskID, true)
 		rep.silence()
 		abort(errNotAllowed)
 		if answer.StatusRequested != "" {
@@ -406,15 +409,39 @@ func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, 
 // or 409 means the task is no longer ours: stop it at once.
 func (w *worker) deliverer() deliverer {
 	return deliverer{
-		send: w.mgr.postUpdate,
+		send:    w.mgr.postUpdate,
+		stopped: w.isStopped,
 		rejected: func(taskID string, status int) {
 			if status == http.StatusNotFound || status == http.StatusConflict {
+				w.markStopped(taskID, true)
 				if w.abortTask(taskID, errTaskGone) {
 					w.logger.Warn("aborting the running task: the Manager refused its update", "task_id", taskID, "status", status)
 				}
 			}
 		},
 	}
+}
+
+// markStopped records that the Manager told us to stop taskID (or, with
+// false, that it gave the task to us again). The updates queued before we
+// knew keep their log lines, but must not claim the task is still active.
+func (w *worker) markStopped(taskID string, stopped bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case stopped && w.stopped == nil:
+		w.stopped = map[string]bool{taskID: true}
+	case stopped:
+		w.stopped[taskID] = true
+	default:
+		delete(w.stopped, taskID)
+	}
+}
+
+func (w *worker) isStopped(taskID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopped[taskID]
 }
 
 // changeStatus applies a status requested by the Manager or a signal
