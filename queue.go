@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,7 @@ type queue struct {
 	last    int64           // id of the newest row ever enqueued
 	head    int64           // id of the oldest undelivered row; 0 when unknown
 	changed chan struct{}   // closed and replaced whenever a row comes or goes
+	hs      headState       // the head row as the sender knows it; under sendMu
 	passes  chan chan error // flush's requests for a pass, to the running forwarder
 	fwdDone chan struct{}   // closed once the forwarder has stopped
 
@@ -203,36 +205,173 @@ const (
 	retryLater                // network error, timeout, 5xx: try again after a backoff
 )
 
+// maxRefusals is how many times a row may be refused with an answer that
+// is neither a success nor retryable (e.g. a WAF's 403 for that one
+// update) before it is set aside, so that the rows after it flow.
+const maxRefusals = 5
+
+// minCutBytes is the shortest a log line or an activity is cut to when the
+// Manager refuses even a one-line update as too large.
+const minCutBytes = 256
+
+// headState is what the sender knows of the head row beyond the table.
+type headState struct {
+	id int64
+	// pending is a write that must reach the table before anything more
+	// is sent: the head was delivered but its delete failed (rest nil), or
+	// a part of it was delivered and the row must become the rest. It is
+	// retried with the forwarder's backoff; the row is never sent again.
+	pending   bool
+	rest      []byte
+	lines     int // after a 413: at most this many log lines per request; 0 = all
+	lineBytes int // after a 413 on one line: lines cut to this many bytes; 0 = whole
+	refusals  int // non-retryable refusals of this row so far
+
+	// Once the row goes in parts: the row decoded (fields, and the log
+	// lines not yet delivered), and the shape of the last part sent.
+	doc         map[string]json.RawMessage
+	logLines    []string
+	partLines   int
+	partLongest int
+}
+
 // deliverOne sends the oldest row, if any, under sendCtx. It reports
 // whether the queue was empty and what became of the row.
 func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ outcome, _ error) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
+	if q.hs.pending {
+		if err := q.applyPending(); err != nil {
+			return false, retryLater, err
+		}
+	}
 	u, err := q.peek()
 	if err != nil || u == nil {
 		return u == nil && err == nil, retryLater, err
 	}
-	payload := u.payload
-	if d.stopped != nil && d.stopped(u.taskID) {
-		payload = withoutStatus(payload)
+	if q.hs.id != u.id {
+		q.hs = headState{id: u.id}
 	}
-	resp, err := d.send(sendCtx, u.taskID, payload)
+	stopped := d.stopped != nil && d.stopped(u.taskID)
+	part, rest := u.payload, []byte(nil)
+	if q.hs.doc != nil {
+		if stopped {
+			delete(q.hs.doc, "task_status")
+		}
+		part, rest, q.hs.partLines, q.hs.partLongest = splitParts(q.hs.doc, q.hs.logLines, q.hs.lines, q.hs.lineBytes)
+	} else if stopped {
+		part = withoutStatus(part)
+	}
+	resp, err := d.send(sendCtx, u.taskID, part)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}
 	switch {
 	case resp.ok():
+		if rest != nil { // a part went out: the row becomes the rest
+			q.hs.logLines = q.hs.logLines[q.hs.partLines:]
+			q.hs.pending, q.hs.rest = true, rest
+			return false, delivered, q.applyPending()
+		}
+	case resp.status == http.StatusRequestEntityTooLarge:
+		if q.shrink(u, part, stopped) {
+			return false, delivered, nil // at once, in smaller parts
+		}
+		return q.refused(u, resp)
 	case resp.status == http.StatusBadRequest || resp.status == http.StatusNotFound ||
-		resp.status == http.StatusConflict || resp.status == http.StatusUnprocessableEntity ||
-		resp.status == http.StatusRequestEntityTooLarge:
+		resp.status == http.StatusConflict || resp.status == http.StatusUnprocessableEntity:
 		q.logger.Error("Manager refused a task update for good, discarding it", "task_id", u.taskID, "response", resp.String())
 		if d.rejected != nil {
 			d.rejected(u.taskID, resp.status)
 		}
-	default: // 5xx, 401/403 after signing on again, 3xx from a proxy, ...
+	case retryable(resp.status):
 		return false, retryLater, fmt.Errorf("the Manager did not accept a task update: %s", resp)
+	default:
+		return q.refused(u, resp)
 	}
-	return false, delivered, q.remove(u.id)
+	q.hs.pending, q.hs.rest = true, nil
+	return false, delivered, q.applyPending()
+}
+
+// retryable reports whether an answer to an update may change by itself:
+// a 5xx, a redirect from a proxy, 401 (the Manager forgot us, and signing
+// on again did not help yet), 408, 425, 429.
+func retryable(status int) bool {
+	switch status {
+	case http.StatusUnauthorized, http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
+		return true
+	}
+	return status < 400 || status >= 500
+}
+
+// refused counts a non-retryable refusal of the head row (a 403 from a
+// WAF, a 405, a 413 that no split helps) and sets the row aside after
+// maxRefusals, so that it no longer holds up the queue.
+func (q *queue) refused(u *queuedUpdate, resp *response) (bool, outcome, error) {
+	q.hs.refusals++
+	if q.hs.refusals < maxRefusals {
+		return false, retryLater, fmt.Errorf("the Manager refused a task update (attempt %d of %d): %s", q.hs.refusals, maxRefusals, resp)
+	}
+	reason := fmt.Sprintf("refused %d times: %s", q.hs.refusals, resp)
+	if err := q.setAside(u.id, reason); err != nil {
+		return false, retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
+	}
+	q.hs = headState{}
+	return false, delivered, nil
+}
+
+// shrink makes the next request for the head row smaller after a 413:
+// half as many log lines, down to one; then the longest line (or the
+// activity) cut in half, down to minCutBytes. It reports false when
+// nothing is left to make smaller.
+func (q *queue) shrink(u *queuedUpdate, part []byte, stopped bool) bool {
+	if q.hs.doc == nil { // the whole row was refused: decode it, once
+		doc, lines, ok := decodeUpdate(u.payload)
+		if !ok {
+			return false
+		}
+		if stopped {
+			delete(doc, "task_status")
+		}
+		q.hs.doc, q.hs.logLines = doc, lines
+		q.hs.partLines, q.hs.partLongest = len(lines), len(doc["activity"])
+		for _, l := range lines {
+			q.hs.partLongest = max(q.hs.partLongest, len(l))
+		}
+	}
+	lines, longest := q.hs.partLines, q.hs.partLongest
+	q.logger.Warn("the Manager refused a task update as too large, sending it in smaller parts", "task_id", u.taskID, "bytes", len(part), "log_lines", lines)
+	switch {
+	case lines > 1:
+		q.hs.lines = lines / 2
+		return true
+	case longest > minCutBytes:
+		next := max(longest/2, minCutBytes)
+		if q.hs.lineBytes != 0 && next >= q.hs.lineBytes {
+			return false
+		}
+		q.hs.lines, q.hs.lineBytes = max(lines, 1), next
+		return true
+	}
+	return false
+}
+
+// applyPending writes the head row's pending change: its delete, or its
+// rewrite to the rest once a part of it was delivered (one UPDATE, so a
+// crash re-sends at most that part).
+func (q *queue) applyPending() error {
+	if q.hs.rest == nil {
+		if err := q.remove(q.hs.id); err != nil {
+			return err
+		}
+		q.hs = headState{}
+		return nil
+	}
+	if _, err := q.db.Exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, q.hs.rest, q.hs.id); err != nil {
+		return fmt.Errorf("storing the rest of a task update sent in parts: %w", err)
+	}
+	q.hs.pending, q.hs.rest = false, nil
+	return nil
 }
 
 // errStopping ends a pass that the forwarder could not finish because it
