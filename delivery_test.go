@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -149,5 +150,66 @@ func TestNoStaleActiveAfterMayIRunFalse(t *testing.T) {
 	}
 	if !strings.Contains(f.fm.logText(id), "stopped running this task, no longer allowed to run by Manager") {
 		t.Errorf("the task's last log lines did not arrive")
+	}
+}
+
+// deliveryRig is a queue wired to a fake Manager that knows task 1, with
+// short backoffs, for tests of the forwarder on its own.
+func deliveryRig(t *testing.T) (*queue, *fakeManager, deliverer) {
+	t.Helper()
+	fm := newFakeManager(t)
+	fm.addWorker("5e0000000000000000000abc", "s")
+	fm.queueTask(taskID(1))
+	fm.set(func(fm *fakeManager) { fm.tasks[taskID(1)] = "active" })
+	cfg := defaultConfig()
+	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
+	m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
+	q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.close() })
+	q.minBackoff, q.maxBackoff = 20*time.Millisecond, 100*time.Millisecond
+	return q, fm, deliverer{send: m.postUpdate}
+}
+
+// runForwarder runs q.forward until the test ends.
+func runForwarder(t *testing.T, q *queue, d deliverer) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { // ends when stop is closed
+		defer close(done)
+		q.forward(stop, context.Background(), d)
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+}
+
+// TestDeleteFailureDoesNotResend: on a full disk the delete after a
+// successful send fails; the delivered row must not be sent again while
+// the delete is retried (with a backoff), and the queue moves on once the
+// delete works.
+func TestDeleteFailureDoesNotResend(t *testing.T) {
+	q, fm, d := deliveryRig(t)
+	// What a full disk does to a DELETE, without filling one.
+	if _, err := q.db.Exec(`CREATE TRIGGER full_disk BEFORE DELETE ON task_updates BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := q.enqueue(taskID(1), fmt.Appendf(nil, `{"log": "update %d"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runForwarder(t, q, d)
+	waitFor(t, 10*time.Second, "the first update", func() bool { return len(fm.taskUpdates(taskID(1))) == 1 })
+	time.Sleep(time.Second) // many backoffs: a resend would show
+	sends := fm.count("POST /tasks/" + taskID(1) + "/update")
+	if sends != 1 {
+		t.Errorf("the delivered update was sent %d times while its delete failed, want once", sends)
+	}
+	if _, err := q.db.Exec(`DROP TRIGGER full_disk`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the queue to drain", func() bool { return q.len() == 0 })
+	if n := fm.count("POST /tasks/" + taskID(1) + "/update"); n != 3 {
+		t.Errorf("%d sends for 3 updates once the delete works", n)
 	}
 }
