@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -211,5 +213,78 @@ func TestDeleteFailureDoesNotResend(t *testing.T) {
 	waitFor(t, 10*time.Second, "the queue to drain", func() bool { return q.len() == 0 })
 	if n := fm.count("POST /tasks/" + taskID(1) + "/update"); n != 3 {
 		t.Errorf("%d sends for 3 updates once the delete works", n)
+	}
+}
+
+// TestOddTaskIDs: ids that are not Manager ids are failed without running,
+// and every route that carries one escapes it, so that later tasks flow.
+func TestOddTaskIDs(t *testing.T) {
+	f := newFarm(t, "").registered()
+	odd := []string{"abc%zz", "x?y=1", "a#b", "a/b", "bad\nid"}
+	served := 0
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/task" || served >= len(odd) {
+				return false
+			}
+			served++
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"_id": %q, "commands": [%s]}`, odd[served-1], echoCmd("must not run"))
+			return true
+		}
+	})
+	f.fm.queueTask(taskID(1), echoCmd("real task"))
+	p := f.start()
+	waitFor(t, 20*time.Second, "the real task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	out := p.out.String()
+	if n := strings.Count(out, "is not a Manager task id"); n != len(odd) {
+		t.Errorf("%d odd ids refused, want %d", n, len(odd))
+	}
+	if strings.Contains(out, "must not run") || strings.Contains(f.fm.logText(taskID(1)), "must not run") {
+		t.Errorf("a task with an odd id ran")
+	}
+	for _, id := range odd {
+		if n := f.fm.count("POST /tasks/" + id + "/update"); n != 1 {
+			t.Errorf("task %q: %d failed updates reached its own path, want 1 (escaped): %v", id, n, f.fm.callPaths())
+		}
+	}
+}
+
+// TestRefusedUpdateIsSetAside: an update refused again and again with an
+// answer that will not change (here a WAF's 403 for that one task) is set
+// aside after maxRefusals attempts, with one error log, and the updates
+// after it go out.
+func TestRefusedUpdateIsSetAside(t *testing.T) {
+	q, fm, d := deliveryRig(t)
+	var logs lockedBuffer
+	q.logger = slog.New(slog.NewTextHandler(&logs, nil))
+	blocked := taskID(2)
+	fm.queueTask(blocked)
+	fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(_ int, id string) int {
+			if id == blocked {
+				return http.StatusForbidden
+			}
+			return 0
+		}
+	})
+	q.enqueue(blocked, []byte(`{"log": "the WAF does not like this one"}`))
+	q.enqueue(taskID(1), []byte(`{"log": "next"}`))
+	q.enqueue(taskID(1), []byte(`{"task_status": "completed"}`))
+	runForwarder(t, q, d)
+	waitFor(t, 10*time.Second, "the queue to drain", func() bool { return q.len() == 0 })
+	if n := fm.count("POST /tasks/" + blocked + "/update"); n != maxRefusals {
+		t.Errorf("refused update sent %d times, want %d", n, maxRefusals)
+	}
+	if got := transitions(fm.statuses(taskID(1))); got != "completed" {
+		t.Errorf("later task's statuses = %q, want completed", got)
+	}
+	var reason string
+	if err := q.db.QueryRow(`SELECT reason FROM task_updates_aside WHERE task_id = ?`, blocked).Scan(&reason); err != nil || !strings.Contains(reason, "403") {
+		t.Errorf("set-aside row: reason %q, err %v", reason, err)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("%d error log lines, want 1:\n%s", n, logs.String())
 	}
 }

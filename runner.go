@@ -245,6 +245,11 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		return
 	}
 	w.logger.Info("received task", "task_id", t.ID)
+	if !plausibleTaskID(t.ID) {
+		w.refuseTask(t.ID, fmt.Sprintf("task id %q is not a Manager task id (24 hexadecimal digits): not running it", t.ID))
+		w.wait(ctx, w.iv.fetchFailed)
+		return
+	}
 	w.runTask(ctx, t)
 	w.commitPending()
 	if err := w.q.waitDelivered(ctx, w.q.lastID()); err == nil {
@@ -254,6 +259,35 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		w.logger.Info("running in single-task mode, exiting")
 		w.setState(stateShutdown)
 	}
+}
+
+// plausibleTaskID reports whether id can be a Manager v2 task id: a
+// 24-hex ObjectId (spec/manager-v2.md §1.1; either case, as the Manager's
+// own check accepts).
+func plausibleTaskID(id string) bool {
+	if len(id) != 24 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// refuseTask fails a task the worker will not run, without running it:
+// one error log line, and a failed update unless the id cannot even be put
+// in a URL path.
+func (w *worker) refuseTask(id, reason string) {
+	w.logger.Error("failing a task without running it", "task_id", id, "reason", reason)
+	if id == "" || id == "." || id == ".." {
+		return
+	}
+	rep := newReporter(id, w.cfg, w.out)
+	rep.log(reason)
+	rep.setStatus("failed", reason)
+	rep.close()
 }
 
 // runTask executes one task and reports its outcome, unless it was taken
