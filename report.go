@@ -57,7 +57,13 @@ type reporter struct {
 	actInterval time.Duration
 	out         chan<- outgoing
 
+	// mu guards the state below and is never held while blocking on out:
+	// a stalled queue (a full disk) must not block silence or the SIGUSR1
+	// summary. outMu makes the hand-off to out one goroutine at a time, so
+	// that updates keep their order.
 	mu       sync.Mutex
+	outMu    sync.Mutex
+	pending  [][]byte // built updates not yet handed to out
 	closed   bool
 	silent   bool // aborted by the Manager: only log lines go out
 	status   string
@@ -107,7 +113,7 @@ func (r *reporter) logAt(t time.Time, text string) {
 		text = strings.ToValidUTF8(text, "\uFFFD")
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -121,7 +127,7 @@ func (r *reporter) logAt(t time.Time, text string) {
 // subprocess: it appends straight into the batch, without allocating.
 func (r *reporter) logOutput(t time.Time, prefix string, line []byte) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -259,7 +265,7 @@ func pythonFloat(f float64) string {
 // change applies fn to the activity and pushes per the batching rules.
 func (r *reporter) change(fn func(*taskUpdate), status string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -285,7 +291,7 @@ func (r *reporter) silence() {
 
 func (r *reporter) delayedPush() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if !r.closed {
 		r.pushLocked()
 	}
@@ -294,7 +300,7 @@ func (r *reporter) delayedPush() {
 // flush pushes whatever is pending.
 func (r *reporter) flush() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if !r.closed && (r.actTimer != nil || r.logTimer != nil || r.logLines > 0) {
 		r.pushLocked()
 	}
@@ -308,7 +314,7 @@ func (r *reporter) close() {
 	r.closed = true
 }
 
-// pushLocked encodes the current state and sends it towards the queue.
+// pushLocked encodes the current state for the queue; unlock hands it on.
 // The log text, the bulk of a chatty task's updates, is escaped straight
 // from the batch buffer into the JSON instead of going through a string.
 func (r *reporter) pushLocked() {
@@ -347,7 +353,32 @@ func (r *reporter) pushLocked() {
 		stopTimer(&r.actTimer)
 	}
 	r.logBuf = r.logBuf[:0]
-	r.out <- outgoing{taskID: r.taskID, payload: payload}
+	r.pending = append(r.pending, payload)
+}
+
+// unlock releases mu, then hands the updates built meanwhile to out. A
+// full out blocks the caller (the task's output slows down), with mu free.
+func (r *reporter) unlock() {
+	more := len(r.pending) > 0
+	r.mu.Unlock()
+	if !more {
+		return
+	}
+	r.outMu.Lock()
+	defer r.outMu.Unlock()
+	for {
+		r.mu.Lock()
+		if len(r.pending) == 0 {
+			r.pending = r.pending[:0:0]
+			r.mu.Unlock()
+			return
+		}
+		p := r.pending[0]
+		r.pending[0] = nil
+		r.pending = r.pending[1:]
+		r.mu.Unlock()
+		r.out <- outgoing{taskID: r.taskID, payload: p}
+	}
 }
 
 // needsEscape8 reports whether any of the eight bytes in x is a control
