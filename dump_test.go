@@ -17,7 +17,7 @@ func TestSummaryWhileOutputIsStalled(t *testing.T) {
 	}
 	defer q.close()
 	cfg := defaultConfig()
-	cfg.PushLogMaxEntries = 1 // every line is an update
+	cfg.PushLogMaxEntries = 1  // every line is an update
 	out := make(chan outgoing) // nobody reads it
 	rep := newReporter(taskID(1), &cfg, out)
 	w := newWorker(&cfg, nil, q, nil, out, quietLogger)
