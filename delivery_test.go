@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -286,5 +287,47 @@ func TestRefusedUpdateIsSetAside(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
 		t.Errorf("%d error log lines, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestUndecodableTaskIsFailed: a task document the worker cannot read but
+// that has an _id is failed with a clear message, so that the Manager stops
+// handing it out (as a real one would while it stays active).
+func TestUndecodableTaskIsFailed(t *testing.T) {
+	f := newFarm(t, "").registered()
+	bad := map[string]string{
+		taskID(7): `{"_id": "` + taskID(7) + `", "commands": "nope"}`,
+		taskID(8): `{"_id": "` + taskID(8) + `", "name": "no commands list"}`,
+	}
+	order := []string{taskID(7), taskID(8)}
+	f.fm.set(func(fm *fakeManager) {
+		for id := range bad {
+			fm.tasks[id] = "active"
+		}
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/task" {
+				return false
+			}
+			fm.mu.Lock()
+			defer fm.mu.Unlock()
+			for _, id := range order {
+				if fm.tasks[id] == "active" { // re-delivered until it ends
+					w.Header().Set("Content-Type", "application/json")
+					io.WriteString(w, bad[id])
+					return true
+				}
+			}
+			return false
+		}
+	})
+	f.fm.queueTask(taskID(1), echoCmd("real task"))
+	p := f.start()
+	waitFor(t, 20*time.Second, "the real task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	for _, id := range order {
+		ups := f.fm.taskUpdates(id)
+		if f.fm.taskStatus(id) != "failed" || len(ups) == 0 || !strings.Contains(fmt.Sprint(ups[len(ups)-1].Doc["activity"]), "Worker cannot read this task: decoding task") {
+			t.Errorf("task %s: status %s, updates %v; want failed with the reason", id, f.fm.taskStatus(id), ups)
+		}
 	}
 }

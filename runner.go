@@ -31,7 +31,7 @@ type taskCommand struct {
 func decodeTask(body []byte) (*task, error) {
 	var doc struct {
 		ID       string `json:"_id"`
-		Commands []struct {
+		Commands *[]struct {
 			Name     string          `json:"name"`
 			Settings json.RawMessage `json:"settings"`
 		} `json:"commands"`
@@ -42,8 +42,11 @@ func decodeTask(body []byte) (*task, error) {
 	if doc.ID == "" {
 		return nil, fmt.Errorf("decoding task: no _id")
 	}
+	if doc.Commands == nil {
+		return nil, fmt.Errorf("decoding task: no commands list")
+	}
 	t := &task{ID: doc.ID}
-	for _, c := range doc.Commands {
+	for _, c := range *doc.Commands {
 		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
 		if tc.RawSettings == "" {
 			tc.RawSettings = "(none)"
@@ -98,6 +101,7 @@ type worker struct {
 	out      chan outgoing
 	iv       intervals
 	single   bool // -1: one task, then shut down
+	badTasks int  // task documents in a row that could not be decoded; only the main loop uses it
 	requests chan string
 
 	mu      sync.Mutex
@@ -240,10 +244,18 @@ func (w *worker) awake(ctx context.Context) {
 func (w *worker) runFetched(ctx context.Context, body []byte) {
 	t, err := decodeTask(body)
 	if err != nil {
-		w.logger.Error("Manager sent a task we cannot read", "err", err, "body", truncate(string(body), 200))
-		w.wait(ctx, w.iv.fetchFailed)
+		// Failed if it has an id, so that the Manager does not hand it out
+		// again and again; either way, the next fetch backs off.
+		w.badTasks++
+		delay := w.iv.fetchFailed << min(w.badTasks-1, 5)
+		w.logger.Error("Manager sent a task we cannot read", "err", err, "body", truncate(string(body), 200), "retry_in", delay)
+		if id := taskIDOf(body); id != "" {
+			w.refuseTask(id, "Worker cannot read this task: "+err.Error())
+		}
+		w.wait(ctx, delay)
 		return
 	}
+	w.badTasks = 0
 	w.logger.Info("received task", "task_id", t.ID)
 	if !plausibleTaskID(t.ID) {
 		w.refuseTask(t.ID, fmt.Sprintf("task id %q is not a Manager task id (24 hexadecimal digits): not running it", t.ID))
@@ -259,6 +271,19 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		w.logger.Info("running in single-task mode, exiting")
 		w.setState(stateShutdown)
 	}
+}
+
+// taskIDOf is the _id of a task document that did not decode, if it has a
+// string one.
+func taskIDOf(body []byte) string {
+	var doc struct {
+		ID json.RawMessage `json:"_id"`
+	}
+	var id string
+	if json.Unmarshal(body, &doc) != nil || json.Unmarshal(doc.ID, &id) != nil {
+		return ""
+	}
+	return id
 }
 
 // plausibleTaskID reports whether id can be a Manager v2 task id: a
