@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -205,4 +206,45 @@ func TestSplitStress(t *testing.T) {
 	}
 	t.Logf("%d updates (%d MB, %d lines) in %d requests in %v: %d lines cut; %d answered 500, %d connections dropped",
 		n, total>>20, line, len(ups), time.Since(start).Round(time.Millisecond), cut, refused500, dropped)
+}
+
+// TestSplitRowBecomesTheRest: once a part of a too-large update is
+// delivered, the row in the queue holds only the rest, so a crash then
+// re-sends no delivered line.
+func TestSplitRowBecomesTheRest(t *testing.T) {
+	q, fm, d := deliveryRig(t)
+	var lines []string
+	for i := range 8 {
+		lines = append(lines, fmt.Sprintf("2020-01-02T03:04:05.000000+00:00: L%d %s", i, strings.Repeat("x", 100)))
+	}
+	payload, _ := json.Marshal(taskUpdate{TaskStatus: "completed", Activity: "done", Log: strings.Join(lines, "\n")})
+	fm.set(func(fm *fakeManager) {
+		fm.maxBody = 600
+		fm.updateHook = func(n int, _ string) int {
+			if n >= 1 {
+				return http.StatusServiceUnavailable // down after the first part
+			}
+			return 0
+		}
+	})
+	if _, err := q.enqueue(taskID(1), payload); err != nil {
+		t.Fatal(err)
+	}
+	runForwarder(t, q, d)
+	waitFor(t, 10*time.Second, "the first part", func() bool { return len(fm.taskUpdates(taskID(1))) == 1 })
+	first := fm.taskUpdates(taskID(1))[0].Doc
+	sent := strings.Count(fmt.Sprint(first["log"]), "\n") + 1
+	if _, ok := first["task_status"]; ok || sent >= 8 {
+		t.Fatalf("first part %v: want some log lines and no status", first)
+	}
+	var rest []byte
+	waitFor(t, 10*time.Second, "the row to become the rest", func() bool {
+		q.db.QueryRow(`SELECT payload FROM task_updates`).Scan(&rest)
+		return !bytes.Equal(rest, payload)
+	})
+	var doc taskUpdate
+	json.Unmarshal(rest, &doc)
+	if !strings.HasPrefix(doc.Log, fmt.Sprintf("2020-01-02T03:04:05.000000+00:00: L%d ", sent)) || doc.TaskStatus != "completed" || doc.Activity != "done" {
+		t.Errorf("row after one part of %d lines = %.200s", sent, rest)
+	}
 }
