@@ -201,8 +201,8 @@ type deliverer struct {
 type outcome int
 
 const (
-	delivered  outcome = iota // accepted, or refused for good: the row is gone
-	retryLater                // network error, timeout, 5xx: try again after a backoff
+	delivered  outcome = iota // progress (accepted, refused for good, set aside, or to be sent in smaller parts): go on at once
+	retryLater                // network error, timeout, 5xx, a refusal still counted, a failed write: try again after a backoff
 )
 
 // maxRefusals is how many times a row may be refused with an answer that
@@ -271,7 +271,7 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 		if rest != nil { // a part went out: the row becomes the rest
 			q.hs.logLines = q.hs.logLines[q.hs.partLines:]
 			q.hs.pending, q.hs.rest = true, rest
-			return false, delivered, q.applyPending()
+			return q.settle()
 		}
 	case resp.status == http.StatusRequestEntityTooLarge:
 		if q.shrink(u, part, stopped) {
@@ -290,7 +290,17 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 		return q.refused(u, resp)
 	}
 	q.hs.pending, q.hs.rest = true, nil
-	return false, delivered, q.applyPending()
+	return q.settle()
+}
+
+// settle writes the pending change of a row just delivered; if the
+// database refuses (a full disk), the row stays pending, is not sent
+// again, and the write is retried after a backoff.
+func (q *queue) settle() (bool, outcome, error) {
+	if err := q.applyPending(); err != nil {
+		return false, retryLater, err
+	}
+	return false, delivered, nil
 }
 
 // retryable reports whether an answer to an update may change by itself:
