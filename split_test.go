@@ -204,8 +204,16 @@ func TestSplitStress(t *testing.T) {
 	if last["task_status"] != "completed" || fm.taskStatus(id) != "completed" {
 		t.Errorf("last update %v, task %s: want the completed status last", last["task_status"], fm.taskStatus(id))
 	}
-	t.Logf("%d updates (%d MB, %d lines) in %d requests in %v: %d lines cut; %d answered 500, %d connections dropped",
-		n, total>>20, line, len(ups), time.Since(start).Round(time.Millisecond), cut, refused500, dropped)
+	refused413 := 0
+	fm.mu.Lock()
+	for _, c := range fm.calls {
+		if c.Status == http.StatusRequestEntityTooLarge {
+			refused413++
+		}
+	}
+	fm.mu.Unlock()
+	t.Logf("%d updates (%d MB, %d lines) in %d accepted requests in %v: %d lines cut; %d answered 413, %d answered 500, %d connections dropped",
+		n, total>>20, line, len(ups), time.Since(start).Round(time.Millisecond), cut, refused413, refused500, dropped)
 }
 
 // TestSplitRowBecomesTheRest: once a part of a too-large update is
