@@ -331,3 +331,43 @@ func TestUndecodableTaskIsFailed(t *testing.T) {
 		}
 	}
 }
+
+// TestNoStaleActiveAfterConflict: after one update is refused 409 (the task
+// went to another worker), the updates of that task queued before it go
+// without a status.
+func TestNoStaleActiveAfterConflict(t *testing.T) {
+	f := newFarm(t, "").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(steadyTask))
+	f.fm.set(func(fm *fakeManager) { fm.updateDelay = 150 * time.Millisecond })
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 20*time.Second, "updates to queue up", func() bool { return len(queuedPayloads(t, db)) >= 5 })
+	refusedAt := -1
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(n int, _ string) int {
+			if refusedAt < 0 { // under fm.mu
+				refusedAt = n
+				fm.tasks[id] = "claimed-by-manager" // given to another worker: not handed to us again
+				fm.endActive(id)
+				return http.StatusConflict
+			}
+			return 0
+		}
+	})
+	waitFor(t, 10*time.Second, "the abort", func() bool { return strings.Contains(p.out.String(), "aborting the running task") })
+	waitFor(t, 10*time.Second, "the queue to drain", func() bool { return len(queuedPayloads(t, db)) == 0 })
+	p.stop()
+	f.fm.mu.Lock()
+	after := append([]update(nil), f.fm.order[refusedAt:]...)
+	f.fm.mu.Unlock()
+	t.Logf("refused at %d; %d accepted after", refusedAt, len(after))
+	if len(after) < 3 {
+		t.Fatalf("only %d updates after the 409; the test needs queued ones", len(after))
+	}
+	for _, u := range after {
+		if s, ok := u.Doc["task_status"]; ok {
+			t.Errorf("status %v sent after the Manager answered 409: %.150s", s, u.Raw)
+		}
+	}
+}
