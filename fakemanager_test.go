@@ -45,6 +45,9 @@ type fakeManager struct {
 	updateHook      func(n int, taskID string) int     // status for the n-th update (0 = accept)
 	mayIRunHook     func(taskID string) (bool, string) // may_keep_running and raw override; nil = true
 	hijack          func(w http.ResponseWriter, r *http.Request) bool
+	updateDelay     time.Duration   // an update's answer waits this long after the update is taken
+	maxBody         int             // an update body larger than this is refused 413, as by a proxy; 0 = no limit
+	sizeHook        func(n int) int // status for an update body of n bytes (0 = go on), before the Manager sees it
 }
 
 // fakeCall is one request as the fake Manager saw it.
@@ -117,11 +120,44 @@ func (fm *fakeManager) serve(w http.ResponseWriter, r *http.Request) {
 	hijack := fm.hijack
 	fm.mu.Unlock()
 	if hijack == nil || !hijack(rec, r) {
-		fm.route(rec, r, body)
+		if !fm.proxyRefuses(rec, r, body) {
+			fm.route(rec, r, body)
+		}
+	}
+	fm.mu.Lock()
+	delay := fm.updateDelay
+	fm.mu.Unlock()
+	if delay > 0 && strings.HasSuffix(r.URL.Path, "/update") {
+		time.Sleep(delay) // the update is taken; its answer is slow to leave
 	}
 	fm.mu.Lock()
 	fm.calls = append(fm.calls, fakeCall{Method: r.Method, Path: r.URL.Path, Auth: r.Header.Get("Authorization"), Body: string(body), Status: rec.status})
 	fm.mu.Unlock()
+}
+
+// proxyRefuses answers an update the way a proxy in front of the Manager
+// would: 413 above maxBody, or whatever sizeHook says.
+func (fm *fakeManager) proxyRefuses(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	if !strings.HasSuffix(r.URL.Path, "/update") {
+		return false
+	}
+	fm.mu.Lock()
+	limit, hook := fm.maxBody, fm.sizeHook
+	fm.mu.Unlock()
+	code := 0
+	if limit > 0 && len(body) > limit {
+		code = http.StatusRequestEntityTooLarge
+	} else if hook != nil {
+		code = hook(len(body))
+	}
+	if code == 0 {
+		return false
+	}
+	w.Header().Set("Content-Type", "text/html")
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "<html><head><title>%d %s</title></head><body><center><h1>%d %s</h1></center><hr><center>nginx</center></body></html>\n",
+		code, http.StatusText(code), code, http.StatusText(code))
+	return true
 }
 
 type statusRecorder struct {

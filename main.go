@@ -309,9 +309,14 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.cfg.Tuning.outputWindow, w.logger)
 	w.env.output = notifier.notify
 
-	fwdCtx, stopForwarding := context.WithCancel(context.Background())
-	var bg sync.WaitGroup
-	bg.Go(func() { w.q.forward(fwdCtx, w.deliverer()) })       // ends with fwdCtx
+	// The forwarder stops between sends (stopFwd); only the hard deadline
+	// of the shutdown cuts a send in flight (cutSends).
+	stopFwd := make(chan struct{})
+	sendCtx, cutSends := context.WithCancel(context.Background())
+	defer cutSends()
+	var fwd, bg sync.WaitGroup
+	fwd.Go(func() { w.q.forward(stopFwd, sendCtx, w.deliverer()) }) // ends when stopFwd is closed
+	stopForwarding := func() { close(stopFwd); fwd.Wait() }
 	bg.Go(func() { notifier.run(ctx) })                        // ends with ctx
 	bg.Go(func() { w.pingWhileAlive(ctx, watchdogTimeout()) }) // ends with ctx
 	bg.Go(func() { w.reportStatus(ctx, time.Second) })         // ends with ctx
@@ -328,18 +333,24 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	stop()
 	close(w.out)
 	<-commitDone
-	stopForwarding()
 	bg.Wait()
-	w.shutdown(deadline)
+	w.shutdown(deadline, stopForwarding, cutSends)
 	return exitOK
 }
 
-// shutdown is the end of a clean shutdown: one last delivery attempt for
-// the queued updates, then /sign-off (the Manager re-queues our task).
-func (w *worker) shutdown(deadline time.Time) {
-	flushCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(-1500*time.Millisecond))
+// shutdown is the end of a clean shutdown: one last delivery pass of the
+// forwarder over the queued updates, then /sign-off (the Manager re-queues
+// our task). A send still in flight at the flush deadline is cut then
+// (cutSends), so that the sign-off keeps its time.
+func (w *worker) shutdown(deadline time.Time, stopForwarding, cutSends func()) {
+	flushDeadline := deadline.Add(-1500 * time.Millisecond)
+	hard := time.AfterFunc(time.Until(flushDeadline), cutSends)
+	defer hard.Stop()
+	flushCtx, cancel := context.WithDeadline(context.Background(), flushDeadline)
 	defer cancel()
-	if err := w.q.flush(flushCtx, w.deliverer()); err != nil {
+	err := w.q.flush(flushCtx, w.deliverer())
+	stopForwarding() // between sends; a send in flight ends first
+	if err != nil {
 		w.logger.Warn("task updates left in the queue; they are sent after the next start", "queued", w.q.len(), "err", err)
 	}
 	signOffCtx, cancel2 := context.WithDeadline(context.Background(), deadline)

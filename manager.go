@@ -545,7 +545,7 @@ type mayIRunAnswer struct {
 // mayIRun asks whether the task may keep running. Anything but a 200 with
 // a boolean may_keep_running is an error: the caller asks again later.
 func (m *manager) mayIRun(ctx context.Context, taskID string) (*mayIRunAnswer, error) {
-	resp, err := m.call(ctx, http.MethodGet, "/may-i-run/"+taskID, nil)
+	resp, err := m.call(ctx, http.MethodGet, "/may-i-run/"+url.PathEscape(taskID), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -612,7 +612,7 @@ func (m *manager) ackStatusChange(ctx context.Context, status string) error {
 
 // returnTask gives a task back to the Manager's queue.
 func (m *manager) returnTask(ctx context.Context, taskID string) error {
-	resp, err := m.call(ctx, http.MethodPost, "/tasks/"+taskID+"/return", nil)
+	resp, err := m.call(ctx, http.MethodPost, "/tasks/"+url.PathEscape(taskID)+"/return", nil)
 	if err == nil && !resp.ok() {
 		err = fmt.Errorf("return task: the Manager answered %s", resp)
 	}
@@ -639,5 +639,5 @@ func (m *manager) outputProduced(ctx context.Context, paths ...string) error {
 
 // postUpdate sends one queued task update.
 func (m *manager) postUpdate(ctx context.Context, taskID string, payload []byte) (*response, error) {
-	return m.call(ctx, http.MethodPost, "/tasks/"+taskID+"/update", payload)
+	return m.call(ctx, http.MethodPost, "/tasks/"+url.PathEscape(taskID)+"/update", payload)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -30,13 +31,16 @@ type queue struct {
 	db     *sql.DB
 	logger *slog.Logger
 
-	sendMu sync.Mutex // one delivery at a time, so rows go out in order
+	sendMu sync.Mutex // held by the one sender of the head row, so rows go out once and in order
 
 	mu      sync.Mutex
-	size    int           // rows in the table
-	last    int64         // id of the newest row ever enqueued
-	head    int64         // id of the oldest undelivered row; 0 when unknown
-	changed chan struct{} // closed and replaced whenever a row comes or goes
+	size    int             // rows in the table
+	last    int64           // id of the newest row ever enqueued
+	head    int64           // id of the oldest undelivered row; 0 when unknown
+	changed chan struct{}   // closed and replaced whenever a row comes or goes
+	hs      headState       // the head row as the sender knows it; under sendMu
+	passes  chan chan error // flush's requests for a pass, to the running forwarder
+	fwdDone chan struct{}   // closed once the forwarder has stopped
 
 	retry backoff // retry delays of the forwarder (update_backoff_min/max_seconds)
 
@@ -196,74 +200,261 @@ func (q *queue) remove(id int64) error {
 type deliverer struct {
 	send     func(ctx context.Context, taskID string, payload []byte) (*response, error)
 	rejected func(taskID string, status int) // the Manager will never take updates for this task
+	stopped  func(taskID string) bool        // the Manager told us to stop this task: send no status
 }
 
 // outcome of one delivery attempt.
 type outcome int
 
 const (
-	delivered  outcome = iota // accepted, or refused for good: the row is gone
-	retryLater                // network error, timeout, 5xx: try again after a backoff
+	delivered  outcome = iota // progress (accepted, refused for good, set aside, or to be sent in smaller parts): go on at once
+	retryLater                // network error, timeout, 5xx, a refusal still counted, a failed write: try again after a backoff
 )
 
-// deliverOne sends the oldest row, if any. It reports whether the queue
-// was empty and what became of the row.
-func (q *queue) deliverOne(ctx context.Context, d deliverer) (empty bool, _ outcome, _ error) {
+// maxRefusals is how many times a row may be refused with an answer that
+// is neither a success nor retryable (e.g. a WAF's 403 for that one
+// update) before it is set aside, so that the rows after it flow.
+const maxRefusals = 5
+
+// minCutBytes is the shortest a log line or an activity is cut to when the
+// Manager refuses even a one-line update as too large.
+const minCutBytes = 256
+
+// headState is what the sender knows of the head row beyond the table.
+type headState struct {
+	id int64
+	// pending is a write that must reach the table before anything more
+	// is sent: the head was delivered but its delete failed (rest nil), or
+	// a part of it was delivered and the row must become the rest. It is
+	// retried with the forwarder's backoff; the row is never sent again.
+	pending   bool
+	rest      []byte
+	lines     int // after a 413: at most this many log lines per request; 0 = all
+	lineBytes int // after a 413 on one line: lines cut to this many bytes; 0 = whole
+	refusals  int // non-retryable refusals of this row so far
+
+	// Once the row goes in parts: the row decoded (fields, and the log
+	// lines not yet delivered), and the shape of the last part sent.
+	doc         map[string]json.RawMessage
+	logLines    []string
+	partLines   int
+	partLongest int
+}
+
+// deliverOne sends the oldest row, if any, under sendCtx. It reports
+// whether the queue was empty and what became of the row.
+func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ outcome, _ error) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
+	if q.hs.pending {
+		if err := q.applyPending(); err != nil {
+			return false, retryLater, err
+		}
+	}
 	u, err := q.peek()
 	if err != nil || u == nil {
 		return u == nil && err == nil, retryLater, err
 	}
-	resp, err := d.send(ctx, u.taskID, u.payload)
+	if q.hs.id != u.id {
+		q.hs = headState{id: u.id}
+	}
+	stopped := d.stopped != nil && d.stopped(u.taskID)
+	part, rest := u.payload, []byte(nil)
+	if q.hs.doc != nil {
+		if stopped {
+			delete(q.hs.doc, "task_status")
+		}
+		part, rest, q.hs.partLines, q.hs.partLongest = splitParts(q.hs.doc, q.hs.logLines, q.hs.lines, q.hs.lineBytes)
+	} else if stopped {
+		part = withoutStatus(part)
+	}
+	resp, err := d.send(sendCtx, u.taskID, part)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}
 	switch {
 	case resp.ok():
+		if rest != nil { // a part went out: the row becomes the rest
+			q.hs.logLines = q.hs.logLines[q.hs.partLines:]
+			q.hs.pending, q.hs.rest = true, rest
+			return q.settle()
+		}
+	case resp.status == http.StatusRequestEntityTooLarge:
+		if q.shrink(u, part, stopped) {
+			return false, delivered, nil // at once, in smaller parts
+		}
+		return q.refused(u, resp)
 	case resp.status == http.StatusBadRequest || resp.status == http.StatusNotFound ||
-		resp.status == http.StatusConflict || resp.status == http.StatusUnprocessableEntity ||
-		resp.status == http.StatusRequestEntityTooLarge:
+		resp.status == http.StatusConflict || resp.status == http.StatusUnprocessableEntity:
 		q.logger.Error("Manager refused a task update for good, discarding it", "task_id", u.taskID, "response", resp.String())
 		if d.rejected != nil {
 			d.rejected(u.taskID, resp.status)
 		}
-	default: // 5xx, 401/403 after signing on again, 3xx from a proxy, ...
+	case retryable(resp.status):
 		return false, retryLater, fmt.Errorf("the Manager did not accept a task update: %s", resp)
+	default:
+		return q.refused(u, resp)
 	}
-	return false, delivered, q.remove(u.id)
+	q.hs.pending, q.hs.rest = true, nil
+	return q.settle()
 }
 
-// forward delivers rows as they come until ctx ends. Failures back off
-// exponentially with jitter, up to maxBackoff; nothing is dropped for
-// being old. It ends when ctx is done.
-func (q *queue) forward(ctx context.Context, d deliverer) {
+// settle writes the pending change of a row just delivered; if the
+// database refuses (a full disk), the row stays pending, is not sent
+// again, and the write is retried after a backoff.
+func (q *queue) settle() (bool, outcome, error) {
+	if err := q.applyPending(); err != nil {
+		return false, retryLater, err
+	}
+	return false, delivered, nil
+}
+
+// retryable reports whether an answer to an update may change by itself:
+// a 5xx, a redirect from a proxy, 401 (the Manager forgot us, and signing
+// on again did not help yet), 408, 425, 429.
+func retryable(status int) bool {
+	switch status {
+	case http.StatusUnauthorized, http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
+		return true
+	}
+	return status < 400 || status >= 500
+}
+
+// refused counts a non-retryable refusal of the head row (a 403 from a
+// WAF, a 405, a 413 that no split helps) and sets the row aside after
+// maxRefusals, so that it no longer holds up the queue.
+func (q *queue) refused(u *queuedUpdate, resp *response) (bool, outcome, error) {
+	q.hs.refusals++
+	if q.hs.refusals < maxRefusals {
+		return false, retryLater, fmt.Errorf("the Manager refused a task update (attempt %d of %d): %s", q.hs.refusals, maxRefusals, resp)
+	}
+	reason := fmt.Sprintf("refused %d times: %s", q.hs.refusals, resp)
+	if err := q.setAside(u.id, reason); err != nil {
+		return false, retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
+	}
+	q.hs = headState{}
+	return false, delivered, nil
+}
+
+// shrink makes the next request for the head row smaller after a 413:
+// half as many log lines, down to one; then the longest line (or the
+// activity) cut in half, down to minCutBytes. It reports false when
+// nothing is left to make smaller.
+func (q *queue) shrink(u *queuedUpdate, part []byte, stopped bool) bool {
+	if q.hs.doc == nil { // the whole row was refused: decode it, once
+		doc, lines, ok := decodeUpdate(u.payload)
+		if !ok {
+			return false
+		}
+		if stopped {
+			delete(doc, "task_status")
+		}
+		q.hs.doc, q.hs.logLines = doc, lines
+		q.hs.partLines, q.hs.partLongest = len(lines), len(doc["activity"])
+		for _, l := range lines {
+			q.hs.partLongest = max(q.hs.partLongest, len(l))
+		}
+	}
+	lines, longest := q.hs.partLines, q.hs.partLongest
+	q.logger.Warn("the Manager refused a task update as too large, sending it in smaller parts", "task_id", u.taskID, "bytes", len(part), "log_lines", lines)
+	switch {
+	case lines > 1:
+		q.hs.lines = lines / 2
+		return true
+	case longest > minCutBytes:
+		next := max(longest/2, minCutBytes)
+		if q.hs.lineBytes != 0 && next >= q.hs.lineBytes {
+			return false
+		}
+		q.hs.lines, q.hs.lineBytes = max(lines, 1), next
+		return true
+	}
+	return false
+}
+
+// applyPending writes the head row's pending change: its delete, or its
+// rewrite to the rest once a part of it was delivered (one UPDATE, so a
+// crash re-sends at most that part).
+func (q *queue) applyPending() error {
+	if q.hs.rest == nil {
+		if err := q.remove(q.hs.id); err != nil {
+			return err
+		}
+		q.hs = headState{}
+		return nil
+	}
+	if _, err := q.db.Exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, q.hs.rest, q.hs.id); err != nil {
+		return fmt.Errorf("storing the rest of a task update sent in parts: %w", err)
+	}
+	q.hs.pending, q.hs.rest = false, nil
+	return nil
+}
+
+// errStopping ends a pass that the forwarder could not finish because it
+// was told to stop.
+var errStopping = errors.New("the update forwarder is stopping")
+
+// forward delivers rows as they come until stop is closed. While it runs
+// it is the only goroutine that sends: flush asks it for a pass. Sends run
+// under sendCtx, which only the hard shutdown deadline cancels: closing
+// stop never cuts a send in flight (the Manager may already have taken
+// it, and the update would go out twice), the forwarder stops between
+// sends. Failures back off exponentially with jitter, up to maxBackoff;
+// nothing is dropped for being old.
+func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliverer) {
+	passes := make(chan chan error)
+	done := make(chan struct{})
+	q.mu.Lock()
+	q.passes, q.fwdDone = passes, done
+	q.mu.Unlock()
+	defer close(done)
 	backoff := time.Duration(0)
-	ctx = q.live.in(ctx, "forward")
-	for ctx.Err() == nil {
+	var retry <-chan time.Time // set while backing off
+	sendCtx = q.live.in(sendCtx, "forward")
+	for {
 		q.live.beat("forward")
 		q.mu.Lock()
 		changed := q.changed
 		q.mu.Unlock()
-		empty, result, err := q.deliverOne(ctx, d)
-		switch {
-		case empty:
-			backoff = 0
-			q.live.waiting("forward", forever)
-			select {
-			case <-changed:
-			case <-ctx.Done():
+		if retry == nil {
+			empty, result, err := q.deliverOne(sendCtx, d)
+			switch {
+			case empty:
+				backoff = 0
+				q.live.waiting("forward", forever)
+			case result == retryLater:
+				if sendCtx.Err() != nil {
+					return
+				}
+				backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
+				q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
+				q.live.waiting("forward", backoff)
+				retry = time.After(backoff)
+			default:
+				backoff = 0
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
 			}
-		case result == retryLater:
-			if ctx.Err() != nil {
-				return
+		}
+		if retry != nil {
+			changed = nil // a new row does not cut a backoff short
+		}
+		select {
+		case <-stop:
+			return
+		case reply := <-passes:
+			err := q.pass(stop, sendCtx, d)
+			reply <- err
+			if err == nil {
+				backoff, retry = 0, nil
 			}
-			backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
-			q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
-			q.live.waiting("forward", backoff)
-			sleepCtx(ctx, backoff)
-		default:
-			backoff = 0
+		case <-retry:
+			retry = nil
+		case <-changed:
 		}
 	}
 }
@@ -276,11 +467,19 @@ func nextBackoff(prev, least, limit time.Duration) time.Duration {
 	return next + jitter
 }
 
-// flush makes one pass over the queue without backoff, stopping at the
-// first failure: used before returning a task and at shutdown.
-func (q *queue) flush(ctx context.Context, d deliverer) error {
-	for ctx.Err() == nil {
-		empty, result, err := q.deliverOne(ctx, d)
+// pass delivers rows without backoff until the queue is empty or a
+// delivery fails, stopping between sends if stop is closed.
+func (q *queue) pass(stop <-chan struct{}, sendCtx context.Context, d deliverer) error {
+	for {
+		select {
+		case <-stop:
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), errStopping)
+		default:
+		}
+		if sendCtx.Err() != nil {
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), sendCtx.Err())
+		}
+		empty, result, err := q.deliverOne(sendCtx, d)
 		if empty {
 			return nil
 		}
@@ -288,7 +487,33 @@ func (q *queue) flush(ctx context.Context, d deliverer) error {
 			return fmt.Errorf("%d task updates still queued: %w", q.len(), err)
 		}
 	}
-	return ctx.Err()
+}
+
+// flush makes one pass over the queue without backoff, stopping at the
+// first failure: used before returning a task and at shutdown. While the
+// forwarder runs, the pass is the forwarder's, so that one sender owns the
+// queue head; ctx then only bounds the wait, never a send in flight.
+// Without a forwarder, flush sends itself, under ctx.
+func (q *queue) flush(ctx context.Context, d deliverer) error {
+	q.mu.Lock()
+	passes, done := q.passes, q.fwdDone
+	q.mu.Unlock()
+	if passes != nil {
+		reply := make(chan error, 1)
+		select {
+		case passes <- reply:
+			select {
+			case err := <-reply:
+				return err
+			case <-ctx.Done():
+				return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
+			}
+		case <-done: // stopped: send ourselves
+		case <-ctx.Done():
+			return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
+		}
+	}
+	return q.pass(nil, ctx, d)
 }
 
 // commit moves updates from the reporters into the queue, in order. If the

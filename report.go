@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -55,7 +57,13 @@ type reporter struct {
 	actInterval time.Duration
 	out         chan<- outgoing
 
+	// mu guards the state below and is never held while blocking on out:
+	// a stalled queue (a full disk) must not block silence or the SIGUSR1
+	// summary. outMu makes the hand-off to out one goroutine at a time, so
+	// that updates keep their order.
 	mu       sync.Mutex
+	outMu    sync.Mutex
+	pending  [][]byte // built updates not yet handed to out
 	closed   bool
 	silent   bool // aborted by the Manager: only log lines go out
 	status   string
@@ -105,7 +113,7 @@ func (r *reporter) logAt(t time.Time, text string) {
 		text = strings.ToValidUTF8(text, "\uFFFD")
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -119,7 +127,7 @@ func (r *reporter) logAt(t time.Time, text string) {
 // subprocess: it appends straight into the batch, without allocating.
 func (r *reporter) logOutput(t time.Time, prefix string, line []byte) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -257,7 +265,7 @@ func pythonFloat(f float64) string {
 // change applies fn to the activity and pushes per the batching rules.
 func (r *reporter) change(fn func(*taskUpdate), status string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if r.closed {
 		return
 	}
@@ -283,7 +291,7 @@ func (r *reporter) silence() {
 
 func (r *reporter) delayedPush() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if !r.closed {
 		r.pushLocked()
 	}
@@ -292,7 +300,7 @@ func (r *reporter) delayedPush() {
 // flush pushes whatever is pending.
 func (r *reporter) flush() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock() // hands built updates on, unlocked
 	if !r.closed && (r.actTimer != nil || r.logTimer != nil || r.logLines > 0) {
 		r.pushLocked()
 	}
@@ -306,7 +314,7 @@ func (r *reporter) close() {
 	r.closed = true
 }
 
-// pushLocked encodes the current state and sends it towards the queue.
+// pushLocked encodes the current state for the queue; unlock hands it on.
 // The log text, the bulk of a chatty task's updates, is escaped straight
 // from the batch buffer into the JSON instead of going through a string.
 func (r *reporter) pushLocked() {
@@ -345,7 +353,32 @@ func (r *reporter) pushLocked() {
 		stopTimer(&r.actTimer)
 	}
 	r.logBuf = r.logBuf[:0]
-	r.out <- outgoing{taskID: r.taskID, payload: payload}
+	r.pending = append(r.pending, payload)
+}
+
+// unlock releases mu, then hands the updates built meanwhile to out. A
+// full out blocks the caller (the task's output slows down), with mu free.
+func (r *reporter) unlock() {
+	more := len(r.pending) > 0
+	r.mu.Unlock()
+	if !more {
+		return
+	}
+	r.outMu.Lock()
+	defer r.outMu.Unlock()
+	for {
+		r.mu.Lock()
+		if len(r.pending) == 0 {
+			r.pending = r.pending[:0:0]
+			r.mu.Unlock()
+			return
+		}
+		p := r.pending[0]
+		r.pending[0] = nil
+		r.pending = r.pending[1:]
+		r.mu.Unlock()
+		r.out <- outgoing{taskID: r.taskID, payload: p}
+	}
 }
 
 // needsEscape8 reports whether any of the eight bytes in x is a control
@@ -406,4 +439,117 @@ func (r *reporter) snapshot() (u taskUpdate, pid int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.act, int(r.pid.Load())
+}
+
+// withoutStatus is a queued update without its task_status, for a task the
+// Manager told us to stop: its log lines and activity still go out, but a
+// stale "active" would claim a task that is no longer ours.
+func withoutStatus(payload []byte) []byte {
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(payload, &doc) != nil {
+		return payload
+	}
+	if _, ok := doc["task_status"]; !ok {
+		return payload
+	}
+	delete(doc, "task_status")
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return payload
+	}
+	return out
+}
+
+// decodeUpdate splits a queued update into its log lines and its other
+// fields, so that it can be sent in parts.
+func decodeUpdate(payload []byte) (doc map[string]json.RawMessage, lines []string, ok bool) {
+	if json.Unmarshal(payload, &doc) != nil || doc == nil {
+		return nil, nil, false
+	}
+	if raw, found := doc["log"]; found {
+		var text string
+		json.Unmarshal(raw, &text)
+		if text != "" {
+			lines = strings.Split(text, "\n")
+		}
+		delete(doc, "log")
+	}
+	return doc, lines, true
+}
+
+// splitParts is the next part of an update refused as too large: at most
+// maxLines of its log lines (0: all), each, like the activity, cut to
+// lineBytes (0: whole). Activity, progress, status and metrics go with the
+// last part only, so that they arrive once every line before them has;
+// rest is the update after the part, nil when part is the last one. n is
+// the number of lines in part, longest its longest line (or activity) as
+// sent.
+func splitParts(doc map[string]json.RawMessage, lines []string, maxLines, lineBytes int) (part, rest []byte, n, longest int) {
+	n = len(lines)
+	if maxLines > 0 {
+		n = min(n, maxLines)
+	}
+	if n < len(lines) {
+		part, longest = encodeUpdate(nil, lines[:n], lineBytes)
+		rest, _ = encodeUpdate(doc, lines[n:], 0)
+		return part, rest, n, longest
+	}
+	if raw, ok := doc["activity"]; ok && lineBytes > 0 {
+		var act string
+		json.Unmarshal(raw, &act)
+		doc = maps.Clone(doc)
+		doc["activity"] = appendJSONString(nil, []byte(cutText(act, lineBytes)))
+	}
+	part, longest = encodeUpdate(doc, lines, lineBytes)
+	if raw, ok := doc["activity"]; ok {
+		longest = max(longest, len(raw)-2)
+	}
+	return part, nil, n, longest
+}
+
+// encodeUpdate is the JSON object of doc's fields, keys sorted, plus lines
+// (each cut to lineBytes unless 0) as its log; it also returns the longest
+// line as encoded.
+func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int) ([]byte, int) {
+	var text []byte
+	longest := 0
+	for i, l := range lines {
+		if lineBytes > 0 {
+			l = cutText(l, lineBytes)
+		}
+		if i > 0 {
+			text = append(text, '\n')
+		}
+		text = append(text, l...)
+		longest = max(longest, len(l))
+	}
+	keys := slices.Sorted(maps.Keys(doc))
+	out := []byte{'{'}
+	for _, k := range keys {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = appendJSONString(out, []byte(k))
+		out = append(append(out, ':'), doc[k]...)
+	}
+	if len(lines) > 0 {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = appendJSONString(append(out, `"log":`...), text)
+	}
+	return append(out, '}'), longest
+}
+
+// cutText cuts s, valid UTF-8, to about n bytes, with a marker saying how
+// much went.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
 }

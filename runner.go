@@ -31,7 +31,7 @@ type taskCommand struct {
 func decodeTask(body []byte) (*task, error) {
 	var doc struct {
 		ID       string `json:"_id"`
-		Commands []struct {
+		Commands *[]struct {
 			Name     string          `json:"name"`
 			Settings json.RawMessage `json:"settings"`
 		} `json:"commands"`
@@ -42,8 +42,11 @@ func decodeTask(body []byte) (*task, error) {
 	if doc.ID == "" {
 		return nil, fmt.Errorf("decoding task: no _id")
 	}
+	if doc.Commands == nil {
+		return nil, fmt.Errorf("decoding task: no commands list")
+	}
 	t := &task{ID: doc.ID}
-	for _, c := range doc.Commands {
+	for _, c := range *doc.Commands {
 		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
 		if tc.RawSettings == "" {
 			tc.RawSettings = "(none)"
@@ -93,6 +96,7 @@ type worker struct {
 	out      chan outgoing
 	iv       intervals
 	single   bool // -1: one task, then shut down
+	badTasks int  // task documents in a row that could not be decoded; only the main loop uses it
 	requests chan string
 
 	mu      sync.Mutex
@@ -103,6 +107,8 @@ type worker struct {
 	asleepBy, trouble string
 
 	live *liveness // heartbeats for the watchdog (notify.go)
+
+	stopped map[string]bool // tasks the Manager told us to stop: their queued updates go without a status
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -243,12 +249,25 @@ func (w *worker) awake(ctx context.Context) {
 func (w *worker) runFetched(ctx context.Context, body []byte) {
 	t, err := decodeTask(body)
 	if err != nil {
-		w.logger.Error("Manager sent a task we cannot read", "err", err, "body", truncate(string(body), 200))
+		// Failed if it has an id, so that the Manager does not hand it out
+		// again and again; either way, the next fetch backs off.
+		w.badTasks++
+		delay := w.iv.fetchFailed << min(w.badTasks-1, 5)
+		w.logger.Error("Manager sent a task we cannot read", "err", err, "body", truncate(string(body), 200), "retry_in", delay)
+		if id := taskIDOf(body); id != "" {
+			w.refuseTask(id, "Worker cannot read this task: "+err.Error())
+		}
+		w.wait(ctx, delay)
+		return
+	}
+	w.badTasks = 0
+	w.logger.Info("received task", "task_id", t.ID)
+	w.live.waiting("fetch", forever) // a task bounds its own time (subprocess and task timeouts)
+	if !plausibleTaskID(t.ID) {
+		w.refuseTask(t.ID, fmt.Sprintf("task id %q is not a Manager task id (24 hexadecimal digits): not running it", t.ID))
 		w.wait(ctx, w.iv.fetchFailed)
 		return
 	}
-	w.logger.Info("received task", "task_id", t.ID)
-	w.live.waiting("fetch", forever) // a task bounds its own time (subprocess and task timeouts)
 	w.runTask(ctx, t)
 	w.commitPending()
 	if err := w.q.waitDelivered(ctx, w.q.lastID()); err == nil {
@@ -258,6 +277,48 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		w.logger.Info("running in single-task mode, exiting")
 		w.setState(stateShutdown)
 	}
+}
+
+// taskIDOf is the _id of a task document that did not decode, if it has a
+// string one.
+func taskIDOf(body []byte) string {
+	var doc struct {
+		ID json.RawMessage `json:"_id"`
+	}
+	var id string
+	if json.Unmarshal(body, &doc) != nil || json.Unmarshal(doc.ID, &id) != nil {
+		return ""
+	}
+	return id
+}
+
+// plausibleTaskID reports whether id can be a Manager v2 task id: a
+// 24-hex ObjectId (spec/manager-v2.md §1.1; either case, as the Manager's
+// own check accepts).
+func plausibleTaskID(id string) bool {
+	if len(id) != 24 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// refuseTask fails a task the worker will not run, without running it:
+// one error log line, and a failed update unless the id cannot even be put
+// in a URL path.
+func (w *worker) refuseTask(id, reason string) {
+	w.logger.Error("failing a task without running it", "task_id", id, "reason", reason)
+	if id == "" || id == "." || id == ".." {
+		return
+	}
+	rep := newReporter(id, w.cfg, w.out)
+	rep.log(reason)
+	rep.setStatus("failed", reason)
+	rep.close()
 }
 
 // runTask executes one task and reports its outcome, unless it was taken
@@ -272,6 +333,7 @@ func (w *worker) runTask(ctx context.Context, t *task) {
 	}
 	rep := newReporter(t.ID, w.cfg, w.out)
 	rep.nCommands = max(len(t.Commands), 1)
+	w.markStopped(t.ID, false) // given to us again: ours again
 	w.setCurrent(&runningTask{id: t.ID, rep: rep, abort: abort})
 	defer w.setCurrent(nil)
 
@@ -398,6 +460,7 @@ func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, 
 			continue
 		}
 		w.logger.Warn("not allowed to keep running task", "task_id", taskID, "reason", answer.Reason)
+		w.markStopped(taskID, true)
 		rep.silence()
 		abort(errNotAllowed)
 		if answer.StatusRequested != "" {
@@ -411,15 +474,39 @@ func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, 
 // or 409 means the task is no longer ours: stop it at once.
 func (w *worker) deliverer() deliverer {
 	return deliverer{
-		send: w.mgr.postUpdate,
+		send:    w.mgr.postUpdate,
+		stopped: w.isStopped,
 		rejected: func(taskID string, status int) {
 			if status == http.StatusNotFound || status == http.StatusConflict {
+				w.markStopped(taskID, true)
 				if w.abortTask(taskID, errTaskGone) {
 					w.logger.Warn("aborting the running task: the Manager refused its update", "task_id", taskID, "status", status)
 				}
 			}
 		},
 	}
+}
+
+// markStopped records that the Manager told us to stop taskID (or, with
+// false, that it gave the task to us again). The updates queued before we
+// knew keep their log lines, but must not claim the task is still active.
+func (w *worker) markStopped(taskID string, stopped bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case stopped && w.stopped == nil:
+		w.stopped = map[string]bool{taskID: true}
+	case stopped:
+		w.stopped[taskID] = true
+	default:
+		delete(w.stopped, taskID)
+	}
+}
+
+func (w *worker) isStopped(taskID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopped[taskID]
 }
 
 // changeStatus applies a status requested by the Manager or a signal
