@@ -130,7 +130,10 @@ func TestPIDFile(t *testing.T) {
 		os.Remove(pidFile)
 		env := testEnv()
 		env.pidFile = pidFile
-		res := runTestCommand(t, "exec", `{"cmd": "sh -c 'echo pidfile=$(cat `+pidFile+`) self=$$'"}`, env)
+		// The file is written right after the process starts: wait for it.
+		script := filepath.Join(dir, "show-pid.sh")
+		writeFile(t, script, "i=0; while [ ! -s "+pidFile+" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done\necho pidfile=$(head -n 1 "+pidFile+") self=$$\n")
+		res := runTestCommand(t, "exec", `{"cmd": "sh `+script+`"}`, env)
 		var a, b string
 		for _, l := range res.logsContaining("pidfile=") {
 			_, rest, _ := strings.Cut(l, "pidfile=")

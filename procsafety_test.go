@@ -1,0 +1,131 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startOrphanGroup starts sh -c script as the leader of its own session
+// and process group whose parent has exited, as a render whose worker was
+// killed, and returns the leader's PID; the test's cleanup kills the group.
+func startOrphanGroup(t *testing.T, script string) int {
+	t.Helper()
+	out, err := exec.Command("sh", "-c", `setsid sh -c "$0" >/dev/null 2>&1 </dev/null & echo $!`, script).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	if pid <= 1 {
+		t.Fatalf("no PID from %q", out)
+	}
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	waitFor(t, 5*time.Second, "the group's members to start", func() bool { return len(groupMembers(pid)) >= 3 })
+	return pid
+}
+
+func mustIdentity(t *testing.T, pid int) procIdentity {
+	t.Helper()
+	id, ok := identityOf(pid)
+	if !ok {
+		t.Fatalf("no identity for pid %d", pid)
+	}
+	return id
+}
+
+// TestPIDFileIdentity: the start-up reaper kills a process group only when
+// the PID file proves it is what a dead worker left behind; in every other
+// case it kills nothing, and commands are refused while the PID lives.
+func TestPIDFileIdentity(t *testing.T) {
+	deadWorker := procIdentity{pid: 999999999, start: 1, boot: bootID()}
+	self := mustIdentity(t, os.Getpid())
+	cases := []struct {
+		name     string
+		content  func(leader procIdentity) string
+		wantKill bool
+		wantFile bool
+	}{
+		{"bare number (Python format)", func(l procIdentity) string { return strconv.Itoa(l.pid) }, false, true},
+		{"PID reused: another start time", func(l procIdentity) string {
+			l.start++
+			return formatPIDFile(l, deadWorker)
+		}, false, true},
+		{"written before the last reboot", func(l procIdentity) string {
+			l.boot = "00000000-0000-0000-0000-000000000000"
+			return formatPIDFile(l, deadWorker)
+		}, false, false},
+		{"its worker still runs", func(l procIdentity) string { return formatPIDFile(l, self) }, false, true},
+		{"left by a dead worker", func(l procIdentity) string { return formatPIDFile(l, deadWorker) }, true, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			pidFile := filepath.Join(t.TempDir(), "sub.pid")
+			leader := startOrphanGroup(t, "sleep 300 & sleep 300; wait")
+			writeFile(t, pidFile, c.content(mustIdentity(t, leader)))
+			reapOrphan(pidFile, quietLogger)
+			live := groupMembers(leader)
+			if killed := len(live) == 0; killed != c.wantKill {
+				t.Errorf("group killed = %v, want %v (live members %v)", killed, c.wantKill, live)
+			}
+			if _, err := os.Stat(pidFile); (err == nil) != c.wantFile {
+				t.Errorf("PID file kept = %v, want %v", err == nil, c.wantFile)
+			}
+			if !c.wantFile || c.wantKill {
+				return
+			}
+			env := testEnv()
+			env.pidFile = pidFile
+			err := validateCommand(t, "exec", `{"cmd": "true"}`, env)
+			if want := "Subprocess from " + pidFile + " is still running: pid=" + strconv.Itoa(leader); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("command validation: %v, want %q", err, want)
+			}
+		})
+	}
+}
+
+// TestPIDFileFormat: the first line is the bare PID, the second the
+// identity, and parsing gives back what was written.
+func TestPIDFileFormat(t *testing.T) {
+	sub := procIdentity{pid: 4242, pgid: 4242, start: 123456, boot: "b00t"}
+	text := formatPIDFile(sub, procIdentity{pid: 7, start: 99, boot: "b00t"})
+	if first, _, _ := strings.Cut(text, "\n"); first != "4242" {
+		t.Errorf("first line %q, want the bare PID", first)
+	}
+	rec, err := parsePIDFile("f", []byte(text))
+	if err != nil || rec.ident == nil || *rec.ident != sub || rec.worker.pid != 7 || rec.worker.start != 99 {
+		t.Errorf("parsePIDFile(%q) = %+v, %v", text, rec, err)
+	}
+	for _, bare := range []string{"4242", "\n4242\n", "4242\ngarbage"} {
+		if rec, err := parsePIDFile("f", []byte(bare)); err != nil || rec.pid != 4242 || rec.ident != nil {
+			t.Errorf("parsePIDFile(%q) = %+v, %v; want a bare PID", bare, rec, err)
+		}
+	}
+}
+
+// TestReadStat: comm may hold spaces and parentheses; the fields count from
+// the last ')'.
+func TestReadStat(t *testing.T) {
+	dir := t.TempDir()
+	odd := filepath.Join(dir, "a) b (c")
+	if err := os.Symlink("/bin/sleep", odd); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(odd, "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	s, ok := readStat(cmd.Process.Pid)
+	if !ok || s.ppid != os.Getpid() || s.pgrp != cmd.Process.Pid || s.start == 0 {
+		t.Errorf("readStat = %+v, %v; want ppid %d, pgrp %d", s, ok, os.Getpid(), cmd.Process.Pid)
+	}
+	if self, _ := readStat(os.Getpid()); self.start > s.start {
+		t.Errorf("child started (%d) before its parent (%d)", s.start, self.start)
+	}
+}
