@@ -129,3 +129,33 @@ func TestReadStat(t *testing.T) {
 		t.Errorf("child started (%d) before its parent (%d)", s.start, self.start)
 	}
 }
+
+// TestSIGKILLedWorkerLeavesNoGrandchildren: a task's grandchildren outlive
+// a worker killed with SIGKILL (Pdeathsig reaches only the direct child),
+// and the restarted worker kills them, from the PID file's identity, before
+// it accepts the next task.
+func TestSIGKILLedWorkerLeavesNoGrandchildren(t *testing.T) {
+	f := newFarm(t, "").registered()
+	first, second := taskID(1), taskID(2)
+	f.fm.queueTask(first, execCmd(`sh -c 'echo group $$; sleep 300 & sleep 300; wait'`))
+	p := f.start()
+	pgid := groupOf(t, f.fm, first)
+	t.Cleanup(func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+	waitFor(t, 10*time.Second, "both sleeps to start", func() bool { return len(groupMembers(pgid)) >= 3 })
+	p.signal(syscall.SIGKILL)
+	p.wait(5 * time.Second)
+	waitFor(t, 5*time.Second, "the shell to die of Pdeathsig", func() bool { return len(groupMembers(pgid)) == 2 })
+
+	f.fm.set(func(fm *fakeManager) { fm.tasks[first] = "canceled"; fm.endActive(first) }) // not re-delivered
+	f.fm.queueTask(second, execCmd(`echo second task`))
+	p = f.start()
+	waitFor(t, 15*time.Second, "the second task to start", func() bool { return strings.Contains(f.fm.logText(second), "> second task") })
+	if live := groupMembers(pgid); len(live) > 0 {
+		t.Errorf("grandchildren %v of the first task outlived the SIGKILLed worker and its restart", live)
+	}
+	waitFor(t, 15*time.Second, "the second task to complete", func() bool { return f.fm.taskStatus(second) == "completed" })
+	p.stop()
+	if !strings.Contains(p.out.String(), "killing the process group left behind") {
+		t.Errorf("the restarted worker did not say it killed the group; output:\n%s", p.out.String())
+	}
+}
