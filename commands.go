@@ -53,6 +53,7 @@ type runEnv struct {
 	extraEnv       []string      // [environment] section, "KEY=value"
 	output         func(path string)
 	logger         *slog.Logger
+	sweep          bool // the worker is a child subreaper: kill its descendants after each command
 }
 
 // cmdCtx is one command of one task while it runs.

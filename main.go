@@ -246,6 +246,7 @@ func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
 		fileWait:       tune.fileWait,
 		extraEnv:       cfg.Environment,
 		logger:         logger,
+		sweep:          becomeSubreaper(logger), // once per worker process: serve and --run-task
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -158,4 +159,49 @@ func TestSIGKILLedWorkerLeavesNoGrandchildren(t *testing.T) {
 	if !strings.Contains(p.out.String(), "killing the process group left behind") {
 		t.Errorf("the restarted worker did not say it killed the group; output:\n%s", p.out.String())
 	}
+}
+
+// daemonOf waits for a task's "daemon <pid>" log line and returns the PID;
+// the test's cleanup kills it.
+func daemonOf(t *testing.T, fm *fakeManager, id string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, 15*time.Second, "the daemon to start", func() bool {
+		m := regexp.MustCompile(`> daemon (\d+)`).FindStringSubmatch(fm.logText(id))
+		if m != nil {
+			pid, _ = strconv.Atoi(m[1])
+		}
+		return pid > 0
+	})
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	return pid
+}
+
+// TestSetsidDaemonDiesWithItsCommand: a process that left the command's
+// process group and session (setsid) is killed when the command ends, when
+// it is aborted, and when the worker shuts down cleanly.
+func TestSetsidDaemonDiesWithItsCommand(t *testing.T) {
+	const daemonize = `setsid sleep 300 >/dev/null 2>&1 </dev/null & echo daemon $!`
+	f := newFarm(t, "").registered()
+	ended, aborted, shutdown := taskID(1), taskID(2), taskID(3)
+	f.fm.queueTask(ended, execCmd(`sh -c '`+daemonize+`'`))
+	f.fm.queueTask(aborted, execCmd(`sh -c '`+daemonize+`; sleep 300'`))
+	f.fm.queueTask(shutdown, execCmd(`sh -c '`+daemonize+`; sleep 300'`))
+	f.fm.set(func(fm *fakeManager) {
+		fm.mayIRunHook = func(id string) (bool, string) { return id != aborted, "" }
+	})
+	p := f.start()
+	gone := func(pid int) func() bool { return func() bool { return !processAlive(pid) } }
+
+	d := daemonOf(t, f.fm, ended)
+	waitFor(t, 15*time.Second, "the first task to complete", func() bool { return f.fm.taskStatus(ended) == "completed" })
+	waitFor(t, 5*time.Second, "the daemon of a command that ended to die", gone(d))
+
+	d = daemonOf(t, f.fm, aborted)
+	waitFor(t, 15*time.Second, "the aborted task to be returned", func() bool { return f.fm.count("POST /tasks/"+aborted+"/return") > 0 })
+	waitFor(t, 5*time.Second, "the daemon of an aborted command to die", gone(d))
+
+	d = daemonOf(t, f.fm, shutdown)
+	p.stop()
+	waitFor(t, 5*time.Second, "the daemon of a command stopped by a clean shutdown to die", gone(d))
 }

@@ -102,9 +102,7 @@ func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-
 	for reason == nil {
 		select {
 		case <-p.exited:
-			if p.signalGroup(syscall.SIGKILL) {
-				c.logf("Killed the processes that pid=%d left behind in its process group", p.pid)
-			}
+			c.killLeftovers(p)
 			c.drain(r, p, readDone)
 			return nil
 		case <-readDone: // the pipe closed; the process exits soon after
@@ -119,8 +117,24 @@ func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-
 		}
 	}
 	c.terminate(p)
+	c.killLeftovers(p)
 	c.drain(r, p, readDone)
 	return reason
+}
+
+// killLeftovers kills what the exited process left behind: the rest of its
+// process group and, where the worker is a child subreaper, every other
+// descendant of the worker (a daemon that left the group with setsid).
+func (c *cmdCtx) killLeftovers(p *proc) {
+	if p.signalGroup(syscall.SIGKILL) {
+		c.logf("Killed the processes that pid=%d left behind in its process group", p.pid)
+	}
+	if !c.env.sweep {
+		return
+	}
+	if n := sweepDescendants(); n > 0 {
+		c.logf("Killed %d processes that pid=%d left behind outside its process group", n, p.pid)
+	}
 }
 
 // terminate stops the process group: SIGTERM, then SIGKILL after the grace period.
