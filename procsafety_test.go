@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,4 +205,58 @@ func TestSetsidDaemonDiesWithItsCommand(t *testing.T) {
 	d = daemonOf(t, f.fm, shutdown)
 	p.stop()
 	waitFor(t, 5*time.Second, "the daemon of a command stopped by a clean shutdown to die", gone(d))
+}
+
+// runCanceled runs one command in a goroutine; the command's context is
+// canceled by the returned function. done is closed when the command returns.
+func runCanceled(t *testing.T, name, settingsJSON string, env *runEnv) (cancel func(), done <-chan cmdResult) {
+	t.Helper()
+	fn := commandRegistry[name]
+	c, finish := testCmdCtx(t, name, env)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := make(chan cmdResult, 1)
+	s := testSettings(t, settingsJSON)
+	go func() { // ends when the command returns
+		ok := runCommand(ctx, c, fn, s)
+		res := finish()
+		res.ok = ok
+		ch <- res
+	}()
+	return cancel, ch
+}
+
+// waitFile waits for path to hold a PID and returns it.
+func waitFile(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, 10*time.Second, path+" to be written", func() bool {
+		data, _ := os.ReadFile(path)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		return pid > 0
+	})
+	return pid
+}
+
+// TestCancelDoesNotWaitForPipeHolder: a chatty process in its own session
+// that holds the output pipe open does not keep a canceled command running.
+func TestCancelDoesNotWaitForPipeHolder(t *testing.T) {
+	dir := t.TempDir()
+	holderPID := filepath.Join(dir, "holder.pid")
+	script := filepath.Join(dir, "hold.sh")
+	writeFile(t, script, `setsid sh -c 'echo $$ > `+holderPID+`; i=0; while [ $i -lt 3000 ]; do echo hold $i; i=$((i+1)); sleep 0.1; done' &
+sleep 300
+`)
+	cancel, done := runCanceled(t, "exec", `{"cmd": "sh `+script+`"}`, testEnv())
+	holder := waitFile(t, holderPID)
+	t.Cleanup(func() { syscall.Kill(-holder, syscall.SIGKILL) })
+	cancel()
+	select {
+	case res := <-done:
+		if res.ok {
+			t.Errorf("a canceled command succeeded")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the canceled command still runs 15 s later: it waits for the pipe holder (300 s)")
+	}
 }

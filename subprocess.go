@@ -45,7 +45,7 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{}), clock: time.Now()}
 	c.rep.pid.Store(int64(p.pid))
 	defer c.rep.pid.Store(0)
 	ident, identOK := identityOf(p.pid) // before Wait: until reaped, /proc knows it
@@ -62,7 +62,6 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	}
 	defer c.removePIDFile()
 
-	p.lastOutput.Store(time.Now().UnixNano())
 	readDone := make(chan error, 1)
 	go func() { // ends at EOF on the pipe, or when the pipe is closed
 		readDone <- c.readLines(r, p, onLine)
@@ -81,7 +80,17 @@ type proc struct {
 	pid        int
 	exited     chan struct{}
 	waitErr    error
-	lastOutput atomic.Int64 // unix nanoseconds of the last output read
+	clock      time.Time    // when it started; a monotonic clock reading
+	lastOutput atomic.Int64 // when a line was last read: nanoseconds since clock
+}
+
+// outputSeen records that a line was read just now.
+func (p *proc) outputSeen() { p.lastOutput.Store(int64(time.Since(p.clock))) }
+
+// sinceOutput is how long ago a line was last read, on the monotonic
+// clock, so that a step of the wall clock (NTP) cannot fake silence.
+func (p *proc) sinceOutput() time.Duration {
+	return time.Since(p.clock) - time.Duration(p.lastOutput.Load())
 }
 
 // signalGroup sends sig to the process group; ESRCH (no such group) is fine.
@@ -103,14 +112,14 @@ func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-
 		select {
 		case <-p.exited:
 			c.killLeftovers(p)
-			c.drain(r, p, readDone)
+			c.drain(ctx, r, p, readDone)
 			return nil
 		case <-readDone: // the pipe closed; the process exits soon after
 			readDone = nil
 		case <-ctx.Done():
 			reason = ctx.Err()
 		case <-silence:
-			quiet := time.Since(time.Unix(0, p.lastOutput.Load()))
+			quiet := p.sinceOutput()
 			if quiet >= c.env.silenceTimeout {
 				reason = fmt.Errorf("command pid=%d produced no output for %d seconds, killed it", p.pid, int(c.env.silenceTimeout.Seconds()))
 			}
@@ -118,7 +127,9 @@ func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-
 	}
 	c.terminate(p)
 	c.killLeftovers(p)
-	c.drain(r, p, readDone)
+	aborted, cancel := context.WithCancel(ctx)
+	cancel() // aborted, whatever the reason: the output gets drainCanceled at most
+	c.drain(aborted, r, p, readDone)
 	return reason
 }
 
@@ -152,21 +163,34 @@ func (c *cmdCtx) terminate(p *proc) {
 	<-p.exited
 }
 
-// drain waits for the reader to reach EOF. A process that left the group
-// could keep the pipe open forever; once nothing has been read for two
-// seconds the read is cut off.
-func (c *cmdCtx) drain(r *os.File, p *proc, readDone <-chan error) {
+// Bounds on drain: a process that left the group can hold the output pipe
+// open for ever, so the read is cut once nothing came for drainQuiet, once
+// the command has been canceled for drainCanceled (what is still in the
+// pipe is read first), and in any case drainLimit after the exit.
+const (
+	drainQuiet    = 2 * time.Second
+	drainCanceled = time.Second
+	drainLimit    = 30 * time.Second
+)
+
+// drain waits for the reader to reach EOF, or cuts the read (see drainQuiet).
+func (c *cmdCtx) drain(ctx context.Context, r *os.File, p *proc, readDone <-chan error) {
 	if readDone == nil {
 		return
 	}
-	tick := time.NewTicker(time.Second)
+	start := time.Now()
+	var canceledAt time.Time
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-readDone:
 			return
 		case <-tick.C:
-			if time.Since(time.Unix(0, p.lastOutput.Load())) > 2*time.Second {
+			if ctx.Err() != nil && canceledAt.IsZero() {
+				canceledAt = time.Now()
+			}
+			if p.sinceOutput() > drainQuiet || time.Since(start) > drainLimit || (!canceledAt.IsZero() && time.Since(canceledAt) > drainCanceled) {
 				r.SetReadDeadline(time.Now())
 			}
 		}
@@ -181,7 +205,7 @@ func (c *cmdCtx) readLines(r io.Reader, p *proc, onLine func(string)) error {
 		raw, err := br.ReadSlice('\n')
 		if len(raw) > 0 {
 			now := time.Now()
-			p.lastOutput.Store(now.UnixNano())
+			p.outputSeen()
 			line := cleanLine(raw)
 			if onLine != nil {
 				onLine(string(line))
