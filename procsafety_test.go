@@ -260,3 +260,33 @@ sleep 300
 		t.Fatalf("the canceled command still runs 15 s later: it waits for the pipe holder (300 s)")
 	}
 }
+
+// TestStoppedWorkerKeepsChattyChild: a worker stopped (SIGSTOP, a VM pause)
+// for longer than subprocess_timeout_seconds finds the child's output
+// waiting in the pipe when it resumes: the child was not silent.
+func TestStoppedWorkerKeepsChattyChild(t *testing.T) {
+	f := newFarm(t, "subprocess_timeout_seconds = 1").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done'`))
+	p := f.start()
+	waitFor(t, 15*time.Second, "the child's output", func() bool { return strings.Contains(f.fm.logText(id), "> tick 5") })
+	for range 2 {
+		p.signal(syscall.SIGSTOP)
+		time.Sleep(2500 * time.Millisecond) // the pause itself, longer than the silence timeout
+		p.signal(syscall.SIGCONT)
+		time.Sleep(300 * time.Millisecond)
+	}
+	waitFor(t, 20*time.Second, "the task to end", func() bool { return f.fm.taskStatus(id) != "active" })
+	if got := f.fm.taskStatus(id); got != "completed" {
+		t.Errorf("task %s after the worker was stopped and continued, want completed; log:\n%s", got, f.fm.logText(id))
+	}
+	p.stop()
+}
+
+// TestTinySilenceTimeout: a silence timeout of a few nanoseconds is not a
+// zero ticker period (which panics).
+func TestTinySilenceTimeout(t *testing.T) {
+	env := testEnv()
+	env.silenceTimeout = 3 * time.Nanosecond
+	runTestCommand(t, "exec", `{"cmd": "sh -c 'echo hi; sleep 0.2'"}`, env)
+}

@@ -103,11 +103,12 @@ func (p *proc) signalGroup(sig syscall.Signal) bool {
 func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-chan error) error {
 	var silence <-chan time.Time
 	if c.env.silenceTimeout > 0 {
-		tick := time.NewTicker(min(c.env.silenceTimeout/4, time.Second))
+		tick := time.NewTicker(max(min(c.env.silenceTimeout/4, time.Second), 10*time.Millisecond))
 		defer tick.Stop()
 		silence = tick.C
 	}
 	var reason error
+	suspect := false // silent at the last tick already
 	for reason == nil {
 		select {
 		case <-p.exited:
@@ -119,8 +120,15 @@ func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-
 		case <-ctx.Done():
 			reason = ctx.Err()
 		case <-silence:
-			quiet := p.sinceOutput()
-			if quiet >= c.env.silenceTimeout {
+			// Output waiting in the pipe is not silence: the worker itself
+			// was stopped (SIGSTOP, a VM pause) or slow. Nor is one late
+			// look: right after such a stop the reader gets a tick to catch up.
+			switch {
+			case p.sinceOutput() < c.env.silenceTimeout || unreadBytes(r) > 0:
+				suspect = false
+			case !suspect:
+				suspect = true
+			default:
 				reason = fmt.Errorf("command pid=%d produced no output for %d seconds, killed it", p.pid, int(c.env.silenceTimeout.Seconds()))
 			}
 		}
