@@ -247,6 +247,7 @@ func newRunEnv(cfg *Config, tune tuning, logger *slog.Logger) *runEnv {
 		extraEnv:       cfg.Environment,
 		logger:         logger,
 		sweep:          becomeSubreaper(logger), // once per worker process: serve and --run-task
+		protected:      protectedPaths(cfg.TaskUpdateQueueDB),
 	}
 }
 

@@ -290,3 +290,76 @@ func TestTinySilenceTimeout(t *testing.T) {
 	env.silenceTimeout = 3 * time.Nanosecond
 	runTestCommand(t, "exec", `{"cmd": "sh -c 'echo hi; sleep 0.2'"}`, env)
 }
+
+// TestRemoveRefusesDangerousPaths: remove_tree and remove_file refuse the
+// root, the working directory, its ancestors and the queue file, however
+// the path is spelled, with the "Invalid settings" failure.
+func TestRemoveRefusesDangerousPaths(t *testing.T) {
+	tmp := t.TempDir()
+	work, qdir := filepath.Join(tmp, "work"), filepath.Join(tmp, "q")
+	for _, d := range []string{filepath.Join(work, "sub"), qdir, filepath.Join(work, "victim")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queue := filepath.Join(qdir, "queue.db")
+	writeFile(t, queue, "")
+	writeFile(t, filepath.Join(work, "file.txt"), "x")
+	os.Symlink(qdir, filepath.Join(work, "link-to-q"))
+	os.Symlink("/", filepath.Join(work, "link-to-root"))
+	t.Chdir(work)
+	env := testEnv()
+	env.protected = protectedPaths(queue)
+
+	cases := []struct {
+		cmd, path string
+		wantErr   string // "" = allowed
+	}{
+		{"remove_tree", "/", "is the filesystem root"},
+		{"remove_tree", "//", "is the filesystem root"},
+		{"remove_tree", "", "may not be empty"},
+		{"remove_tree", "..", "which the worker needs"},
+		{"remove_tree", "../", "which the worker needs"},
+		{"remove_tree", "./", "which the worker needs"},
+		{"remove_tree", ".", "which the worker needs"},
+		{"remove_tree", "sub/..", "which the worker needs"},
+		{"remove_tree", work, "which the worker needs"},
+		{"remove_tree", tmp, "which the worker needs"},
+		{"remove_tree", qdir, "which the worker needs"},
+		{"remove_tree", queue, "which the worker needs"},
+		{"remove_tree", "link-to-q/", "which the worker needs"},
+		{"remove_tree", "link-to-q/queue.db", "which the worker needs"},
+		{"remove_tree", "link-to-root/", "is the filesystem root"},
+		{"remove_file", queue, "which the worker needs"},
+		{"remove_file", "", "cannot be empty"},
+		{"remove_tree", "victim", ""},
+		{"remove_tree", filepath.Join(work, "sub", "missing"), ""},
+		{"remove_file", "file.txt", ""},
+		{"remove_tree", "link-to-q", ""}, // removes the link only
+	}
+	for _, c := range cases {
+		err := validateCommand(t, c.cmd, `{"path": `+strconv.Quote(c.path)+`}`, env)
+		if (err == nil) != (c.wantErr == "") || (err != nil && !strings.Contains(err.Error(), c.wantErr)) {
+			t.Errorf("%s %q: err = %v, want %q", c.cmd, c.path, err, c.wantErr)
+		}
+		if err != nil && c.path != "" && !strings.Contains(err.Error(), "'path'") {
+			t.Errorf("%s %q: error %q does not name the setting", c.cmd, c.path, err)
+		}
+	}
+
+	res := runTestCommand(t, "remove_tree", `{"path": "../"}`, env)
+	if res.ok || !strings.Contains(res.logText(), "Invalid settings") && !strings.Contains(strings.Join(res.activities, "\n"), "Invalid settings") {
+		t.Errorf("remove_tree ../: ok=%v, want an Invalid settings failure; log:\n%s", res.ok, res.logText())
+	}
+	for _, keep := range []string{queue, work, filepath.Join(work, "file.txt")} {
+		if _, err := os.Stat(keep); err != nil {
+			t.Errorf("%s is gone: %v", keep, err)
+		}
+	}
+	if res := runTestCommand(t, "remove_tree", `{"path": "link-to-q"}`, env); !res.ok {
+		t.Errorf("removing a link failed: %s", res.logText())
+	}
+	if _, err := os.Stat(queue); err != nil {
+		t.Errorf("removing a link to the queue's directory removed the queue: %v", err)
+	}
+}
