@@ -363,3 +363,43 @@ func TestRemoveRefusesDangerousPaths(t *testing.T) {
 		t.Errorf("removing a link to the queue's directory removed the queue: %v", err)
 	}
 }
+
+// TestAbortSendsTERMThenKILLAfterGrace: an aborted command first gets
+// SIGTERM (a render can save its state) and SIGKILL only after the grace
+// period (2 s in testEnv): the child traps TERM, writes a marker, is still
+// alive half a second later, and ignores TERM until KILLed.
+func TestAbortSendsTERMThenKILLAfterGrace(t *testing.T) {
+	dir := t.TempDir()
+	ready, termMark, aliveMark := filepath.Join(dir, "ready"), filepath.Join(dir, "term"), filepath.Join(dir, "alive")
+	script := filepath.Join(dir, "stubborn.sh")
+	writeFile(t, script, `trap 'echo term > `+termMark+`; t=1' TERM
+echo $$ > `+ready+`
+n=0
+while :; do
+	sleep 0.1
+	if [ -n "$t" ]; then n=$((n+1)); [ $n -eq 5 ] && echo alive > `+aliveMark+`; fi
+done
+`)
+	cancel, done := runCanceled(t, "exec", `{"cmd": "sh `+script+`"}`, testEnv())
+	pid := waitFile(t, ready)
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	cancel()
+	var res cmdResult
+	select {
+	case res = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the aborted command did not return")
+	}
+	if _, err := os.Stat(termMark); err != nil {
+		t.Errorf("the child never ran its TERM trap (was it KILLed first?): %v", err)
+	}
+	if _, err := os.Stat(aliveMark); err != nil {
+		t.Errorf("the child was not alive 0.5 s after TERM (KILLed before the grace ended?): %v", err)
+	}
+	if !strings.Contains(res.logText(), "did not stop in 2 seconds, going to KILL it") {
+		t.Errorf("log lacks the KILL line:\n%s", res.logText())
+	}
+	if processAlive(pid) {
+		t.Errorf("the child %d outlived the abort", pid)
+	}
+}
