@@ -21,6 +21,10 @@ func readStat(int) (procStat, bool) { return procStat{}, false }
 // here never lets a later run kill anything (the Python worker's rule).
 func identityOf(int) (procIdentity, bool) { return procIdentity{}, false }
 
+func bootID() string { return "" }
+
+func groupMembers(int) []int { return nil }
+
 // becomeSubreaper: there is no child subreaper outside Linux.
 func becomeSubreaper(*slog.Logger) bool { return false }
 
