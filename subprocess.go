@@ -188,6 +188,7 @@ func (c *cmdCtx) drain(ctx context.Context, r *os.File, p *proc, readDone <-chan
 	}
 	start := time.Now()
 	var canceledAt time.Time
+	cut := false
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -198,7 +199,12 @@ func (c *cmdCtx) drain(ctx context.Context, r *os.File, p *proc, readDone <-chan
 			if ctx.Err() != nil && canceledAt.IsZero() {
 				canceledAt = time.Now()
 			}
-			if p.sinceOutput() > drainQuiet || time.Since(start) > drainLimit || (!canceledAt.IsZero() && time.Since(canceledAt) > drainCanceled) {
+			quiet := p.sinceOutput() > drainQuiet && unreadBytes(r) == 0
+			if quiet || time.Since(start) > drainLimit || (!canceledAt.IsZero() && time.Since(canceledAt) > drainCanceled) {
+				if !cut {
+					c.logf("Stopped reading the output of pid=%d: a process that left its process group holds the output open", p.pid)
+				}
+				cut = true
 				r.SetReadDeadline(time.Now())
 			}
 		}
@@ -480,9 +486,12 @@ func reapOrphan(pidFile string, logger *slog.Logger) {
 		return // proves nothing; commands refuse to start while that PID lives
 	}
 	log := logger.With("pid_file", pidFile, "pid", rec.pid)
-	id := *rec.ident
+	id, boot := *rec.ident, bootID()
+	if boot == "" {
+		return // no /proc: nothing can be proved
+	}
 	switch live, ok := identityOf(rec.pid); {
-	case id.boot != bootID():
+	case id.boot != boot:
 		log.Warn("removing a subprocess PID file written before the last reboot")
 	case rec.worker.alive():
 		log.Info("the subprocess in the PID file belongs to a worker that still runs; leaving it alone", "worker_pid", rec.worker.pid)
