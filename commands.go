@@ -53,6 +53,8 @@ type runEnv struct {
 	extraEnv       []string      // [environment] section, "KEY=value"
 	output         func(path string)
 	logger         *slog.Logger
+	sweep          bool     // the worker is a child subreaper: kill its descendants after each command
+	protected      []string // absolute paths remove_tree and remove_file must not take away
 }
 
 // cmdCtx is one command of one task while it runs.

@@ -3,11 +3,7 @@ package main
 import (
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -90,35 +86,5 @@ func TestSIGKILLedWorkerLeavesNoRender(t *testing.T) {
 	p.wait(5 * time.Second)
 	if live := liveGroupMembers(pgid); len(live) > 0 {
 		t.Errorf("processes %v of the task outlived the SIGKILLed worker", live)
-	}
-}
-
-func TestOrphanFromEarlierRunIsReaped(t *testing.T) {
-	dir := t.TempDir()
-	pidFile := filepath.Join(dir, "sub.pid")
-	// A "render" whose parent is gone, as after a worker killed with SIGKILL.
-	out, err := exec.Command("sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	writeFile(t, pidFile, strconv.Itoa(pid))
-	reapOrphan(pidFile, quietLogger)
-	if processAlive(pid) {
-		t.Errorf("orphan pid %d still alive", pid)
-	}
-	if _, err := os.Stat(pidFile); err == nil {
-		t.Errorf("PID file left behind")
-	}
-
-	// A process owned by a live worker (here: this test binary) is left alone.
-	cmd := exec.Command("sleep", "300")
-	cmd.Start()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	writeFile(t, pidFile, strconv.Itoa(cmd.Process.Pid))
-	reapOrphan(pidFile, quietLogger)
-	if !processAlive(cmd.Process.Pid) {
-		t.Errorf("a live worker's subprocess was killed")
 	}
 }

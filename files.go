@@ -151,6 +151,9 @@ func filesRemove(c *cmdCtx, s settings, emptyMsg string, remove func(path string
 	if err == nil && path == "" {
 		err = errors.New(emptyMsg)
 	}
+	if err == nil {
+		err = filesCheckRemovable(path, c.env.protected)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -165,6 +168,69 @@ func filesRemove(c *cmdCtx, s settings, emptyMsg string, remove func(path string
 		}
 		return remove(path, info)
 	}, nil
+}
+
+// protectedPaths is what remove_tree and remove_file refuse to remove, or
+// an ancestor of: the working directory and the queue file with SQLite's
+// side files, as absolute paths.
+func protectedPaths(queueDB string) []string {
+	var out []string
+	if wd, err := os.Getwd(); err == nil {
+		out = append(out, wd)
+	}
+	if db, err := filepath.Abs(queueDB); err == nil && queueDB != "" {
+		out = append(out, db, db+"-wal", db+"-shm", db+"-journal")
+	}
+	return out
+}
+
+// filesCheckRemovable refuses a path whose removal would take the
+// filesystem root, the working directory or the queue file with it. The
+// links in the path's directories are resolved; the last element is
+// removed as itself (a symbolic link as a link), unless a trailing slash
+// makes the removal follow it.
+func filesCheckRemovable(path string, protected []string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("'path' %s: %w", path, err)
+	}
+	dir, base := filepath.Split(abs)
+	target := filepath.Join(filesResolve(dir), base)
+	if strings.HasSuffix(path, string(filepath.Separator)) {
+		target = filesResolve(abs)
+	}
+	if filepath.Dir(target) == target {
+		return fmt.Errorf("'path' %s is the filesystem root, refusing to remove it", path)
+	}
+	for _, p := range protected {
+		if rp := filesResolve(p); filesWithin(target, rp) {
+			return fmt.Errorf("'path' %s holds %s, which the worker needs, refusing to remove it", path, rp)
+		}
+	}
+	return nil
+}
+
+// filesResolve resolves the symbolic links of the longest existing leading
+// part of the absolute path p.
+func filesResolve(p string) string {
+	rest := ""
+	for {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return filepath.Join(p, rest)
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
+}
+
+// filesWithin reports whether p is dir or lies below it.
+func filesWithin(dir, p string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 // cmdMoveWithCounter moves src next to dest under dest's name with a

@@ -213,6 +213,8 @@ func newRunEnv(cfg *Config, logger *slog.Logger) *runEnv {
 		fileWait:       cfg.Tuning.fileWait,
 		extraEnv:       cfg.Environment,
 		logger:         logger,
+		sweep:          becomeSubreaper(logger), // once per worker process: serve and --run-task
+		protected:      protectedPaths(cfg.TaskUpdateQueueDB),
 	}
 }
 

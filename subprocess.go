@@ -45,22 +45,23 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{}), clock: time.Now()}
 	c.rep.pid.Store(int64(p.pid))
 	defer c.rep.pid.Store(0)
+	ident, identOK := identityOf(p.pid) // before Wait: until reaped, /proc knows it
+	ident.pid = p.pid
 	go func() { // ends when the process has exited and is reaped
 		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
 
-	if err := c.writePIDFile(p.pid); err != nil {
+	if err := c.writePIDFile(ident, identOK); err != nil {
 		p.signalGroup(syscall.SIGKILL)
 		<-p.exited
 		return err
 	}
 	defer c.removePIDFile()
 
-	p.lastOutput.Store(time.Now().UnixNano())
 	readDone := make(chan error, 1)
 	go func() { // ends at EOF on the pipe, or when the pipe is closed
 		readDone <- c.readLines(r, p, onLine)
@@ -79,7 +80,17 @@ type proc struct {
 	pid        int
 	exited     chan struct{}
 	waitErr    error
-	lastOutput atomic.Int64 // unix nanoseconds of the last output read
+	clock      time.Time    // when it started; a monotonic clock reading
+	lastOutput atomic.Int64 // when a line was last read: nanoseconds since clock
+}
+
+// outputSeen records that a line was read just now.
+func (p *proc) outputSeen() { p.lastOutput.Store(int64(time.Since(p.clock))) }
+
+// sinceOutput is how long ago a line was last read, on the monotonic
+// clock, so that a step of the wall clock (NTP) cannot fake silence.
+func (p *proc) sinceOutput() time.Duration {
+	return time.Since(p.clock) - time.Duration(p.lastOutput.Load())
 }
 
 // signalGroup sends sig to the process group; ESRCH (no such group) is fine.
@@ -92,33 +103,57 @@ func (p *proc) signalGroup(sig syscall.Signal) bool {
 func (c *cmdCtx) supervise(ctx context.Context, p *proc, r *os.File, readDone <-chan error) error {
 	var silence <-chan time.Time
 	if c.env.silenceTimeout > 0 {
-		tick := time.NewTicker(min(c.env.silenceTimeout/4, time.Second))
+		tick := time.NewTicker(max(min(c.env.silenceTimeout/4, time.Second), 10*time.Millisecond))
 		defer tick.Stop()
 		silence = tick.C
 	}
 	var reason error
+	suspect := false // silent at the last tick already
 	for reason == nil {
 		select {
 		case <-p.exited:
-			if p.signalGroup(syscall.SIGKILL) {
-				c.logf("Killed the processes that pid=%d left behind in its process group", p.pid)
-			}
-			c.drain(r, p, readDone)
+			c.killLeftovers(p)
+			c.drain(ctx, r, p, readDone)
 			return nil
 		case <-readDone: // the pipe closed; the process exits soon after
 			readDone = nil
 		case <-ctx.Done():
 			reason = ctx.Err()
 		case <-silence:
-			quiet := time.Since(time.Unix(0, p.lastOutput.Load()))
-			if quiet >= c.env.silenceTimeout {
+			// Output waiting in the pipe is not silence: the worker itself
+			// was stopped (SIGSTOP, a VM pause) or slow. Nor is one late
+			// look: right after such a stop the reader gets a tick to catch up.
+			switch {
+			case p.sinceOutput() < c.env.silenceTimeout || unreadBytes(r) > 0:
+				suspect = false
+			case !suspect:
+				suspect = true
+			default:
 				reason = fmt.Errorf("command pid=%d produced no output for %d seconds, killed it", p.pid, int(c.env.silenceTimeout.Seconds()))
 			}
 		}
 	}
 	c.terminate(p)
-	c.drain(r, p, readDone)
+	c.killLeftovers(p)
+	aborted, cancel := context.WithCancel(ctx)
+	cancel() // aborted, whatever the reason: the output gets drainCanceled at most
+	c.drain(aborted, r, p, readDone)
 	return reason
+}
+
+// killLeftovers kills what the exited process left behind: the rest of its
+// process group and, where the worker is a child subreaper, every other
+// descendant of the worker (a daemon that left the group with setsid).
+func (c *cmdCtx) killLeftovers(p *proc) {
+	if p.signalGroup(syscall.SIGKILL) {
+		c.logf("Killed the processes that pid=%d left behind in its process group", p.pid)
+	}
+	if !c.env.sweep {
+		return
+	}
+	if n := sweepDescendants(); n > 0 {
+		c.logf("Killed %d processes that pid=%d left behind outside its process group", n, p.pid)
+	}
 }
 
 // terminate stops the process group: SIGTERM, then SIGKILL after the grace period.
@@ -136,21 +171,40 @@ func (c *cmdCtx) terminate(p *proc) {
 	<-p.exited
 }
 
-// drain waits for the reader to reach EOF. A process that left the group
-// could keep the pipe open forever; once nothing has been read for two
-// seconds the read is cut off.
-func (c *cmdCtx) drain(r *os.File, p *proc, readDone <-chan error) {
+// Bounds on drain: a process that left the group can hold the output pipe
+// open for ever, so the read is cut once nothing came for drainQuiet, once
+// the command has been canceled for drainCanceled (what is still in the
+// pipe is read first), and in any case drainLimit after the exit.
+const (
+	drainQuiet    = 2 * time.Second
+	drainCanceled = time.Second
+	drainLimit    = 30 * time.Second
+)
+
+// drain waits for the reader to reach EOF, or cuts the read (see drainQuiet).
+func (c *cmdCtx) drain(ctx context.Context, r *os.File, p *proc, readDone <-chan error) {
 	if readDone == nil {
 		return
 	}
-	tick := time.NewTicker(time.Second)
+	start := time.Now()
+	var canceledAt time.Time
+	cut := false
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-readDone:
 			return
 		case <-tick.C:
-			if time.Since(time.Unix(0, p.lastOutput.Load())) > 2*time.Second {
+			if ctx.Err() != nil && canceledAt.IsZero() {
+				canceledAt = time.Now()
+			}
+			quiet := p.sinceOutput() > drainQuiet && unreadBytes(r) == 0
+			if quiet || time.Since(start) > drainLimit || (!canceledAt.IsZero() && time.Since(canceledAt) > drainCanceled) {
+				if !cut {
+					c.logf("Stopped reading the output of pid=%d: a process that left its process group holds the output open", p.pid)
+				}
+				cut = true
 				r.SetReadDeadline(time.Now())
 			}
 		}
@@ -165,7 +219,7 @@ func (c *cmdCtx) readLines(r io.Reader, p *proc, onLine func(string)) error {
 		raw, err := br.ReadSlice('\n')
 		if len(raw) > 0 {
 			now := time.Now()
-			p.lastOutput.Store(now.UnixNano())
+			p.outputSeen()
 			line := cleanLine(raw)
 			if onLine != nil {
 				onLine(string(line))
@@ -248,8 +302,83 @@ func subprocessEnv(base, extra []string) []string {
 	return append(env, extra...)
 }
 
+// The PID file (subprocess_pid_file) names the running subprocess. Its
+// first line is the bare PID, as the Python worker writes it, so people and
+// scripts can read it; the second line is the identity that lets a later
+// run prove the process is its own despite PID reuse:
+//
+//	12345
+//	pgid=12345 start=8812345 boot=6b1f...-...-... worker=12000 worker_start=8800000
+//
+// start is field 22 of /proc/PID/stat (clock ticks since boot), boot the
+// kernel's boot_id, worker and worker_start the same for the worker that
+// started it. A file without that line (a bare number: the Python worker's,
+// or one written where /proc is missing) proves nothing: nothing is ever
+// killed on its account, and commands are refused while its PID is alive.
+
+// procIdentity tells one process from any other that later gets its PID.
+type procIdentity struct {
+	pid, pgid int
+	start     uint64
+	boot      string
+}
+
+// same reports whether a and b are the same process.
+func (a procIdentity) same(b procIdentity) bool {
+	return a.pid == b.pid && a.start == b.start && a.boot == b.boot && a.boot != ""
+}
+
+// pidRecord is a parsed PID file.
+type pidRecord struct {
+	pid    int
+	ident  *procIdentity // nil for a bare number
+	worker procIdentity  // the worker that wrote the file, when ident != nil
+}
+
+// formatPIDFile is the PID file's content for the process sub, started by
+// the worker self.
+func formatPIDFile(sub, self procIdentity) string {
+	return fmt.Sprintf("%d\npgid=%d start=%d boot=%s worker=%d worker_start=%d\n", sub.pid, sub.pgid, sub.start, sub.boot, self.pid, self.start)
+}
+
+// parsePIDFile reads a PID file's content; text is the trimmed content.
+func parsePIDFile(path string, data []byte) (pidRecord, error) {
+	text := strings.TrimSpace(string(data))
+	if text == "" {
+		return pidRecord{}, fmt.Errorf("empty PID file %s, refusing to create new subprocess just to be sure", path)
+	}
+	first, rest, _ := strings.Cut(text, "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return pidRecord{}, fmt.Errorf("PID file %s holds %q, which is not a process ID", path, text)
+	}
+	rec := pidRecord{pid: pid}
+	kv := map[string]string{}
+	for _, f := range strings.Fields(rest) {
+		k, v, _ := strings.Cut(f, "=")
+		kv[k] = v
+	}
+	id := procIdentity{pid: pid, boot: kv["boot"]}
+	var e1, e2, e3, e4 error
+	id.pgid, e1 = strconv.Atoi(kv["pgid"])
+	id.start, e2 = strconv.ParseUint(kv["start"], 10, 64)
+	rec.worker.boot = id.boot
+	rec.worker.pid, e3 = strconv.Atoi(kv["worker"])
+	rec.worker.start, e4 = strconv.ParseUint(kv["worker_start"], 10, 64)
+	if errors.Join(e1, e2, e3, e4) == nil && id.boot != "" && id.pgid > 1 {
+		rec.ident = &id
+	}
+	return rec, nil
+}
+
+// alive reports whether the process id names is running (not a zombie).
+func (id procIdentity) alive() bool {
+	live, ok := identityOf(id.pid)
+	return ok && live.same(id) && processAlive(id.pid)
+}
+
 // checkPIDFile refuses to start a subprocess while the process recorded in
-// subprocess_pid_file is alive, and removes a stale file.
+// subprocess_pid_file is alive, whoever it is, and removes a stale file.
 func (c *cmdCtx) checkPIDFile() error {
 	path := c.env.pidFile
 	if path == "" {
@@ -263,26 +392,24 @@ func (c *cmdCtx) checkPIDFile() error {
 	if err != nil {
 		return fmt.Errorf("reading PID file %s: %w", path, err)
 	}
-	text := strings.TrimSpace(string(data))
-	if text == "" {
-		return fmt.Errorf("empty PID file %s, refusing to create new subprocess just to be sure", path)
+	rec, err := parsePIDFile(path, data)
+	if err != nil {
+		return err
 	}
-	pid, err := strconv.Atoi(text)
-	if err != nil || pid <= 0 {
-		return fmt.Errorf("PID file %s holds %q, which is not a process ID", path, text)
+	if processAlive(rec.pid) {
+		return fmt.Errorf("Subprocess from %s is still running: %s", path, describeProcess(rec.pid))
 	}
-	if processAlive(pid) {
-		return fmt.Errorf("subprocess from %s is still running: %s", path, describeProcess(pid))
-	}
-	c.env.logger.Warn("removing stale subprocess PID file", "path", path, "pid", pid)
+	c.env.logger.Warn("removing stale subprocess PID file", "path", path, "pid", rec.pid)
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing stale PID file: %w", err)
 	}
 	return nil
 }
 
-// writePIDFile records pid in the PID file, which must not exist yet.
-func (c *cmdCtx) writePIDFile(pid int) error {
+// writePIDFile records the process sub in the PID file, which must not
+// exist yet. ok is false when sub's identity is unknown: the file then
+// holds the bare PID.
+func (c *cmdCtx) writePIDFile(sub procIdentity, ok bool) error {
 	path := c.env.pidFile
 	if path == "" {
 		return nil
@@ -290,13 +417,18 @@ func (c *cmdCtx) writePIDFile(pid int) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, os.ErrExist) {
 		old, _ := os.ReadFile(path)
-		c.logf("PID file %s already exists (has pid=%s), killing just-spawned process pid=%d", path, strings.TrimSpace(string(old)), pid)
+		first, _, _ := strings.Cut(strings.TrimSpace(string(old)), "\n")
+		c.logf("PID file %s already exists (has pid=%s), killing just-spawned process pid=%d", path, first, sub.pid)
 		return fmt.Errorf("PID file %s already exists", path)
 	}
 	if err != nil {
 		return fmt.Errorf("creating PID file: %w", err)
 	}
-	_, err = f.WriteString(strconv.Itoa(pid))
+	content := strconv.Itoa(sub.pid)
+	if self, selfOK := identityOf(os.Getpid()); ok && selfOK {
+		content = formatPIDFile(sub, self)
+	}
+	_, err = f.WriteString(content)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -318,18 +450,11 @@ func (c *cmdCtx) removePIDFile() {
 // processAlive reports whether a live (not zombie) process has this PID.
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
-	return (err == nil || errors.Is(err, syscall.EPERM)) && !isZombie(pid)
-}
-
-// isZombie reports whether pid has exited but not been reaped; where /proc
-// cannot tell, it says no.
-func isZombie(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	if err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
 	}
-	rest := string(data[strings.LastIndexByte(string(data), ')')+1:])
-	return strings.HasPrefix(strings.TrimSpace(rest), "Z")
+	s, ok := readStat(pid)
+	return !ok || s.state != 'Z'
 }
 
 // describeProcess is "pid=<pid> (<command line>)" where /proc tells it.
@@ -341,10 +466,13 @@ func describeProcess(pid int) string {
 	return fmt.Sprintf("pid=%d (%s)", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")))
 }
 
-// reapOrphan kills the process group recorded in the PID file when its
-// process outlived the worker that started it (the worker was killed with
-// SIGKILL): otherwise the orphan keeps rendering and the PID file blocks
-// every task. A process still owned by a live worker is left alone.
+// reapOrphan runs at start-up, before any work is accepted. When the PID
+// file proves that its process group is what an earlier run of a worker
+// left behind (that worker was killed with SIGKILL, so its cleanup never
+// ran), it kills the whole group, grandchildren included, waits until they
+// are gone and removes the file: otherwise the orphans keep rendering and
+// the file blocks every task. It never kills on a bare PID, a process that
+// reuses the recorded PID, or a subprocess of a worker that still runs.
 func reapOrphan(pidFile string, logger *slog.Logger) {
 	if pidFile == "" {
 		return
@@ -353,15 +481,34 @@ func reapOrphan(pidFile string, logger *slog.Logger) {
 	if err != nil {
 		return
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 1 || !processAlive(pid) || !orphaned(pid) {
+	rec, err := parsePIDFile(pidFile, data)
+	if err != nil || rec.ident == nil {
+		return // proves nothing; commands refuse to start while that PID lives
+	}
+	log := logger.With("pid_file", pidFile, "pid", rec.pid)
+	id, boot := *rec.ident, bootID()
+	if boot == "" {
+		return // no /proc: nothing can be proved
+	}
+	switch live, ok := identityOf(rec.pid); {
+	case id.boot != boot:
+		log.Warn("removing a subprocess PID file written before the last reboot")
+	case rec.worker.alive():
+		log.Info("the subprocess in the PID file belongs to a worker that still runs; leaving it alone", "worker_pid", rec.worker.pid)
 		return
+	case ok && live.start != id.start:
+		log.Warn("the PID file's process ID now belongs to another process; not killing it", "process", describeProcess(rec.pid))
+		return
+	default: // the recorded process, alive or dead: its group is ours
+		if members := groupMembers(id.pgid); len(members) > 0 {
+			log.Warn("killing the process group left behind by an earlier worker run", "pgid", id.pgid, "members", fmt.Sprint(members), "process", describeProcess(rec.pid))
+		}
+		if err := killGroup(id.pgid); err != nil {
+			log.Error("cannot kill the process group left behind by an earlier worker run", "err", err)
+			return
+		}
 	}
-	logger.Warn("killing a subprocess left behind by an earlier worker run", "pid", pid, "process", describeProcess(pid), "pid_file", pidFile)
-	syscall.Kill(-pid, syscall.SIGKILL)
-	syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 50 && processAlive(pid) && !isZombie(pid); i++ {
-		time.Sleep(20 * time.Millisecond)
+	if err := os.Remove(pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("removing the subprocess PID file", "err", err)
 	}
-	os.Remove(pidFile)
 }

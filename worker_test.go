@@ -388,25 +388,8 @@ func TestUpdatesSurviveAFlakyManager(t *testing.T) {
 // (a killed orphan stays a zombie until init reaps it, which in a container
 // may be never). SIGKILL is asynchronous, so it gives them a second.
 func liveGroupMembers(pgid int) []int {
-	var live []int
 	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
-		live = live[:0]
-		stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-		for _, path := range stats {
-			data, err := os.ReadFile(path)
-			if err != nil {
-				continue
-			}
-			// pid (comm) state ppid pgrp ...: comm may hold spaces, so cut at the last ')'.
-			fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-			var pid, pgrp int
-			fmt.Sscan(string(data), &pid)
-			fmt.Sscan(fields[2], &pgrp)
-			if pgrp == pgid && fields[0] != "Z" {
-				live = append(live, pid)
-			}
-		}
-		if len(live) == 0 || time.Now().After(deadline) {
+		if live := groupMembers(pgid); len(live) == 0 || time.Now().After(deadline) {
 			return live
 		}
 	}
