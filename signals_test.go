@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -114,15 +115,39 @@ func TestEarlySignals(t *testing.T) {
 	})
 }
 
+// TestSIGHUPKeepsRunning is logrotate's cycle: the log file is moved away,
+// SIGHUP makes the worker reopen it, and it keeps running.
 func TestSIGHUPKeepsRunning(t *testing.T) {
-	f := newFarm(t, "").registered()
+	f := newFarm(t, `
+[loggers]
+keys = root
+[logger_root]
+level = DEBUG
+handlers = file
+[handlers]
+keys = file
+[handler_file]
+class = logging.FileHandler
+args = ('worker.log',)
+`).registered()
 	p := f.start()
-	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	logPath := filepath.Join(f.dir, "worker.log")
+	read := func(path string) string { b, _ := os.ReadFile(path); return string(b) }
+	waitFor(t, 10*time.Second, "the signed-on line in worker.log", func() bool { return strings.Contains(read(logPath), "signed on at the Manager") })
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
 	p.signal(syscall.SIGHUP)
 	waitFor(t, 10*time.Second, "the SIGHUP log line", func() bool { return strings.Contains(p.out.String(), "SIGHUP: reopening the log files") })
 	fetches := f.fm.count("POST /task")
 	waitFor(t, 10*time.Second, "fetching on after SIGHUP", func() bool { return f.fm.count("POST /task") > fetches+2 })
 	p.stop()
+	if fresh := read(logPath); !strings.Contains(fresh, "Flamenco Worker is shut down") {
+		t.Errorf("after SIGHUP the reopened worker.log lacks the shutdown line:\n%s", fresh)
+	}
+	if strings.Contains(read(logPath+".1"), "Flamenco Worker is shut down") {
+		t.Errorf("the rotated worker.log.1 was still written to after SIGHUP")
+	}
 }
 
 func TestSIGPIPEOnClosedStderr(t *testing.T) {
