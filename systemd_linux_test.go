@@ -209,7 +209,7 @@ systemctl daemon-reload && systemctl restart flamenco-worker`)
 		return sb.show("flamenco-worker", "ExecMainStatus") != "0"
 	})
 	if code := sb.show("flamenco-worker", "ExecMainStatus"); code != "47" {
-		t.Error("a config error exits "+code+", not 47")
+		t.Error("a config error exits " + code + ", not 47")
 	} else {
 		waitFor(t, 10*time.Second, "the unit to fail", func() bool { return sb.state("flamenco-worker") == "failed" })
 		time.Sleep(2 * time.Second) // two RestartSec= periods
@@ -247,7 +247,6 @@ systemctl daemon-reload && systemctl restart flamenco-worker`)
 	t.Log(summary)
 	fmt.Println(summary)
 }
-
 
 // readmeBlocks returns the lines of the two sh blocks of the README's
 // "Running under systemd": the install steps, and the template's.
