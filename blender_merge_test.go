@@ -104,6 +104,7 @@ func mergeTestPixels(t *testing.T, exe string, paths ...string) [][4]float64 {
 }
 
 func TestMergeRealBlender(t *testing.T) {
+	t.Parallel()
 	exe := blenderTestExecutable(t)
 	dir := t.TempDir()
 	a, b := [4]float64{0.2, 0.4, 0.6, 1}, [4]float64{1, 0.8, 0, 0.5}

@@ -808,6 +808,7 @@ func blenderTestFileStarts(t *testing.T, path string, magic []byte) {
 // TestBlenderRealRender runs the commands with the real Blender on one
 // generated scene.
 func TestBlenderRealRender(t *testing.T) {
+	t.Parallel()
 	exe := blenderTestExecutable(t)
 	dir := t.TempDir()
 	blend := blenderTestScene(t, exe, dir)

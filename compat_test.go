@@ -19,6 +19,7 @@ import (
 // `go build`, and checks that -V reports the real version (never "dev"),
 // with the VCS revision when the build recorded one.
 func TestVersionPlainGoBuild(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
@@ -71,6 +72,7 @@ func TestVersionWithRevision(t *testing.T) {
 // TestVersionEverywhere: -V, the User-Agent, the start-up log line and
 // --check give the same version.
 func TestVersionEverywhere(t *testing.T) {
+	t.Parallel()
 	want := workerVersion()
 	var stdout, stderr bytes.Buffer
 	if code := runTuned(t.Context(), []string{"-V"}, &stdout, &stderr, testTuning()); code != 0 || stdout.String() != want+"\n" {
@@ -109,6 +111,7 @@ func TestVersionEverywhere(t *testing.T) {
 // worker (a real process) exit 47, as the Python worker does, naming the
 // place, without talking to the Manager.
 func TestConfigErrorsExit47(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, cfg string
 		args      []string
@@ -200,6 +203,7 @@ func TestTaskTypesAndJobTypes(t *testing.T) {
 // TestManagerURLPathIsDropped: as with the Python worker, the routes
 // replace manager_url's path, and the path gets one warning at start-up.
 func TestManagerURLPathIsDropped(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[flamenco-worker]\nmanager_url = "+f.fm.URL()+"/flamenco/\ntask_types = sleep\n")
 	f.fm.queueTask(taskID(1), echoCmd("path dropped"))
@@ -239,6 +243,7 @@ func TestManagerBase(t *testing.T) {
 // against a real worker (systemctl stands in for the unit): the 08:00 line
 // sends it to sleep, the 20:00 line wakes it.
 func TestExampleCrontab(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile(filepath.Join(startDir, "examples", "crontab"))
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,7 @@ func duplicateLogUpdates(fm *fakeManager) (dups, total int) {
 // it got twice: stopping the forwarder must never cut a send in flight and
 // then send the same update again.
 func TestNoDuplicateUpdateAtShutdown(t *testing.T) {
+	t.Parallel()
 	rounds := envRounds("FW_TEST_DUP_ROUNDS", 40) // SIGTERM rounds; half as many SIGTSTP rounds
 	for _, asleep := range []bool{false, true} {
 		name, rounds := "SIGTERM mid-task", rounds
@@ -110,6 +111,7 @@ func shutdownRound(t *testing.T, asleep bool) [2]int {
 // no still go out with their log lines, but none claims "active" for the
 // task the worker was told to stop.
 func TestNoStaleActiveAfterMayIRunFalse(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(steadyTask))
@@ -191,6 +193,7 @@ func runForwarder(t *testing.T, q *queue, d deliverer) {
 // the delete is retried (with a backoff), and the queue moves on once the
 // delete works.
 func TestDeleteFailureDoesNotResend(t *testing.T) {
+	t.Parallel()
 	q, fm, d := deliveryRig(t)
 	// What a full disk does to a DELETE, without filling one.
 	if _, err := q.db.Exec(`CREATE TRIGGER full_disk BEFORE DELETE ON task_updates BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END`); err != nil {
@@ -220,6 +223,7 @@ func TestDeleteFailureDoesNotResend(t *testing.T) {
 // TestOddTaskIDs: ids that are not Manager ids are failed without running,
 // and every route that carries one escapes it, so that later tasks flow.
 func TestOddTaskIDs(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	odd := []string{"abc%zz", "x?y=1", "a#b", "a/b", "bad\nid"}
 	served := 0
@@ -257,6 +261,7 @@ func TestOddTaskIDs(t *testing.T) {
 // aside after maxRefusals attempts, with one error log, and the updates
 // after it go out.
 func TestRefusedUpdateIsSetAside(t *testing.T) {
+	t.Parallel()
 	q, fm, d := deliveryRig(t)
 	var logs lockedBuffer
 	q.logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -294,6 +299,7 @@ func TestRefusedUpdateIsSetAside(t *testing.T) {
 // that has an _id is failed with a clear message, so that the Manager stops
 // handing it out (as a real one would while it stays active).
 func TestUndecodableTaskIsFailed(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	bad := map[string]string{
 		taskID(7): `{"_id": "` + taskID(7) + `", "commands": "nope"}`,
@@ -336,6 +342,7 @@ func TestUndecodableTaskIsFailed(t *testing.T) {
 // went to another worker), the updates of that task queued before it go
 // without a status.
 func TestNoStaleActiveAfterConflict(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(steadyTask))

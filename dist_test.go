@@ -16,6 +16,7 @@ import (
 // TestDistArchive runs dist.sh for this machine's platform and checks the
 // archive: the files it must hold, a static binary, the version stamp.
 func TestDistArchive(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds a release binary")
 	}

@@ -166,6 +166,7 @@ func ffprobe(t *testing.T, path, entries string) string {
 }
 
 func TestFFmpegReal(t *testing.T) {
+	t.Parallel()
 	ffmpegTestTools(t)
 	dir := t.TempDir()
 	frames := filepath.Join(dir, "frames")

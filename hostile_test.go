@@ -42,6 +42,7 @@ var hostile = []struct {
 }
 
 func TestHostileManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	next := 0
 	f.fm.set(func(fm *fakeManager) {

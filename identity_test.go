@@ -54,6 +54,7 @@ func (f *farm) elsewhere() *farm {
 }
 
 func TestTwoConfigsAreTwoWorkers(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "")
 	a, b := f.instanceConfig("gpu0.cfg"), f.instanceConfig("gpu1.cfg")
 	pa, pb := f.start("--config", a), f.start("--config", b)
@@ -102,6 +103,7 @@ func TestTwoConfigsAreTwoWorkers(t *testing.T) {
 // share the first one's identity or queue: it must exit 1 naming the first
 // one's PID, without a word to the Manager, while the first carries on.
 func TestSecondWorkerOnSharedFilesRefused(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name   string
 		second func(f *farm) *workerProc
@@ -143,6 +145,7 @@ func TestSecondWorkerOnSharedFilesRefused(t *testing.T) {
 // TestStaleLockIsNoObstacle: a SIGKILLed worker leaves its lock files with
 // its PID behind; the next worker starts anyway.
 func TestStaleLockIsNoObstacle(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 15*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })

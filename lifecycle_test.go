@@ -30,6 +30,7 @@ func groupOf(t *testing.T, fm *fakeManager, id string) int {
 const longTask = `sh -c 'echo group $$; i=0; while [ $i -lt 1200 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done'`
 
 func TestMayIRunFalseAbortsAndReturnsTask(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(longTask))
@@ -63,6 +64,7 @@ func TestMayIRunFalseAbortsAndReturnsTask(t *testing.T) {
 }
 
 func TestConflictOnUpdateAbortsAtOnce(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(longTask))
@@ -87,6 +89,7 @@ func TestConflictOnUpdateAbortsAtOnce(t *testing.T) {
 }
 
 func TestAsleepAndAwakeFromManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "asleep" })
 	p := f.start()
@@ -106,6 +109,7 @@ func TestAsleepAndAwakeFromManager(t *testing.T) {
 }
 
 func TestAsleepWhileRunningViaMayIRun(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(longTask))
@@ -126,6 +130,7 @@ func TestAsleepWhileRunningViaMayIRun(t *testing.T) {
 }
 
 func TestShutdownRequestedByManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -140,6 +145,7 @@ func TestShutdownRequestedByManager(t *testing.T) {
 }
 
 func TestSleepAndWakeSignals(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -157,6 +163,7 @@ func TestSleepAndWakeSignals(t *testing.T) {
 }
 
 func TestPreTaskChecks(t *testing.T) {
+	t.Parallel()
 	t.Run("failing check: error state, no fetch", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "not-mounted", "render")
 		f := newFarm(t, "error_retry_seconds = 0.3").registered()
@@ -206,6 +213,7 @@ func appendFile(t *testing.T, path, text string) {
 }
 
 func TestTestModeAcksTesting(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start("--test")
 	waitFor(t, 10*time.Second, "the testing ack", func() bool { return f.fm.count("POST /ack-status-change/testing") == 1 })
@@ -219,6 +227,7 @@ func TestTestModeAcksTesting(t *testing.T) {
 }
 
 func TestTaskTimeout(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "task_timeout_seconds = 0.5").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(longTask))
@@ -235,6 +244,7 @@ func TestTaskTimeout(t *testing.T) {
 }
 
 func TestSIGTSTPWhileRunning(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(longTask))
@@ -250,6 +260,7 @@ func TestSIGTSTPWhileRunning(t *testing.T) {
 }
 
 func TestUnknownStatusRequestMeansAsleep(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "sleep" }) // not a status the worker knows
 	p := f.start()
@@ -261,6 +272,7 @@ func TestUnknownStatusRequestMeansAsleep(t *testing.T) {
 }
 
 func TestTaskRunsWhileManagerIsDown(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, logALot(20000), echoCmd("all printed"))
@@ -280,6 +292,7 @@ func TestTaskRunsWhileManagerIsDown(t *testing.T) {
 }
 
 func TestSIGUSR1DuringTask(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, echoCmd("first"), execCmd(longTask))

@@ -539,6 +539,7 @@ func startWithStderrFile(t *testing.T, f *farm, stderr *os.File, env ...string) 
 }
 
 func TestJournalPrefixesEndToEnd(t *testing.T) {
+	t.Parallel()
 	for _, match := range []bool{true, false} {
 		t.Run(fmt.Sprintf("match=%v", match), func(t *testing.T) {
 			f := newFarm(t, "").registered()
@@ -569,6 +570,7 @@ func TestJournalPrefixesEndToEnd(t *testing.T) {
 }
 
 func TestLogFileEndToEnd(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		extra   string

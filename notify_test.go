@@ -66,6 +66,7 @@ func (ns *notifySocket) has(line string) bool {
 }
 
 func TestSystemdNotify(t *testing.T) {
+	t.Parallel()
 	ns := newNotifySocket(t)
 	f := newFarm(t, "").registered()
 	f.env = []string{"NOTIFY_SOCKET=" + ns.path, "WATCHDOG_USEC=200000"}
@@ -86,6 +87,7 @@ func TestSystemdNotify(t *testing.T) {
 // test hook blocks it at a heartbeat after one second): the pings stop.
 // Without a wedge they keep coming.
 func TestWatchdogStopsWhenALoopIsStuck(t *testing.T) {
+	t.Parallel()
 	for _, loop := range []string{"", "fetch", "forward"} {
 		name := loop
 		if name == "" {
@@ -119,6 +121,7 @@ func TestWatchdogStopsWhenALoopIsStuck(t *testing.T) {
 }
 
 func TestSystemdStatusLine(t *testing.T) {
+	t.Parallel()
 	ns := newNotifySocket(t)
 	missing := filepath.Join(t.TempDir(), "not-mounted")
 	f := newFarm(t, "error_retry_seconds = 3").registered()

@@ -139,6 +139,7 @@ func TestReadStat(t *testing.T) {
 // and the restarted worker kills them, from the PID file's identity, before
 // it accepts the next task.
 func TestSIGKILLedWorkerLeavesNoGrandchildren(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	first, second := taskID(1), taskID(2)
 	f.fm.queueTask(first, execCmd(`sh -c 'echo group $$; sleep 300 & sleep 300; wait'`))
@@ -184,6 +185,7 @@ func daemonOf(t *testing.T, fm *fakeManager, id string) int {
 // process group and session (setsid) is killed when the command ends, when
 // it is aborted, and when the worker shuts down cleanly.
 func TestSetsidDaemonDiesWithItsCommand(t *testing.T) {
+	t.Parallel()
 	const daemonize = `setsid sleep 300 >/dev/null 2>&1 </dev/null & echo daemon $!`
 	f := newFarm(t, "").registered()
 	ended, aborted, shutdown := taskID(1), taskID(2), taskID(3)

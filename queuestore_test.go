@@ -133,6 +133,7 @@ func checkLine(path string) (passed bool, line string) {
 // are set aside (logged once each) and every other row is delivered, in
 // order; --check reports the damage before and the set-aside rows after.
 func TestQueueDamagedPagesSetAside(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name             string
 		rows, size, vict int
@@ -250,6 +251,7 @@ func TestQueuePageSize(t *testing.T) {
 // TestQueueShrinksOnceEmpty: after a burst, the file and its WAL give their
 // space back once everything is delivered, without a restart.
 func TestQueueShrinksOnceEmpty(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "q.db")
 	q := mustOpenQueue(t, path, quietLogger)
 	const burst = 16 // MB: small enough for the race detector
@@ -345,6 +347,7 @@ func TestQueueReadOnlyDirExplained(t *testing.T) {
 // notices, recreates the file at the path with the rows still queued, and
 // every line reaches the Manager once, in order.
 func TestQueueFileDeletedWhileRunning(t *testing.T) {
+	t.Parallel()
 	const n = 60
 	f := newFarm(t, "push_log_max_entries = 5").registered()
 	id := taskID(1)
@@ -454,6 +457,7 @@ func TestQueueAdoptsInterruptedRebuild(t *testing.T) {
 // where its queue should be, moves it aside, says so at error level, and
 // works (it used to exit 1, and systemd restarted it every 5 s forever).
 func TestWorkerStartsOverACorruptQueue(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	db := filepath.Join(f.dir, "flamenco-worker.db")
 	writeFile(t, db, strings.Repeat("garbage ", 1000))

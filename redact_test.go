@@ -29,6 +29,7 @@ func TestRedactURL(t *testing.T) {
 // a registration and a task with --verbose --debug, a sign-on, --check, an
 // unreachable Manager and a manager_url that does not parse.
 func TestManagerURLPasswordNeverPrinted(t *testing.T) {
+	t.Parallel()
 	const password = "hunter2-in-the-url"
 	f := newFarm(t, "")
 	withPassword := func(url string) string {

@@ -13,6 +13,7 @@ import (
 // so the credentials could not be kept; the worker must not register (each
 // restart would add a worker to the Manager) but exit 1 naming the file.
 func TestUnwritableHomeRefusesRegistration(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "")
 	if err := syscall.Mount("tmpfs", f.home, "tmpfs", syscall.MS_RDONLY, "size=64k"); err != nil {
 		t.Skipf("cannot mount a read-only tmpfs as HOME (needs root): %v", err)
@@ -50,6 +51,7 @@ func maxCycles(window, base time.Duration) int {
 // register again, but at most once per backoff step, and it recovers when
 // the proxy is fixed.
 func TestRefusedCredentialsBackOff(t *testing.T) {
+	t.Parallel()
 	const window = 3 * time.Second
 	base := testTuning().registerRetry
 	dropAuth := func(fm *fakeManager) {

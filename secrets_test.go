@@ -13,6 +13,7 @@ import (
 // with --verbose and --debug, runs a task, and greps everything the worker
 // printed and everything it sent except the registration itself.
 func TestSecretsNeverLeak(t *testing.T) {
+	t.Parallel()
 	const regSecret = "pre-shared-registration-key"
 	f := newFarm(t, "worker_registration_secret = "+regSecret)
 	f.fm.set(func(fm *fakeManager) { fm.regSecret = regSecret })
@@ -46,6 +47,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 }
 
 func TestReadableSecretFileWarns(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "worker_registration_secret = let-me-in")
 	os.Chmod(filepath.Join(f.dir, "flamenco-worker.cfg"), 0o644)
 	f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
@@ -62,6 +64,7 @@ func TestReadableSecretFileWarns(t *testing.T) {
 }
 
 func TestPrivateCA(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	url, ca := f.fm.tlsURL()
 	f.fm.queueTask(taskID(1), echoCmd("over TLS"))

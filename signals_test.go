@@ -94,6 +94,7 @@ func exitedBy(p *workerProc) string {
 }
 
 func TestEarlySignals(t *testing.T) {
+	t.Parallel()
 	t.Run("SIGTERM before the Manager connection: clean exit", func(t *testing.T) {
 		f := newFarm(t, "").registered()
 		p := startEarly(f)
@@ -118,6 +119,7 @@ func TestEarlySignals(t *testing.T) {
 // TestSIGHUPKeepsRunning is logrotate's cycle: the log file is moved away,
 // SIGHUP makes the worker reopen it, and it keeps running.
 func TestSIGHUPKeepsRunning(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, `
 [loggers]
 keys = root
@@ -151,6 +153,7 @@ args = ('worker.log',)
 }
 
 func TestSIGPIPEOnClosedStderr(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -181,6 +184,7 @@ func TestSIGPIPEOnClosedStderr(t *testing.T) {
 }
 
 func TestSIGQUITDumpsAndExits(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -193,6 +197,7 @@ func TestSIGQUITDumpsAndExits(t *testing.T) {
 }
 
 func TestSIGUSR2Wakes(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -206,6 +211,7 @@ func TestSIGUSR2Wakes(t *testing.T) {
 }
 
 func TestSIGCONTKeepsManagerSleep(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "asleep" })
 	p := f.start()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -54,6 +55,7 @@ func lineSeq(t *testing.T, log string, n int) (cut int) {
 // alone is cut, with a marker), the final status arrives, and the task
 // runs once.
 func TestTooLargeUpdateIsSplit(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "push_log_max_entries = 100\npush_log_max_interval_seconds = 5").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, escapeHeavy(6))
@@ -82,11 +84,15 @@ func TestTooLargeUpdateIsSplit(t *testing.T) {
 // connections: every line must arrive exactly once, in order, and the
 // final status last.
 func TestSplitStress(t *testing.T) {
+	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	n := 1000
+	if s := os.Getenv("FW_TEST_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("seed %d (replay with FW_TEST_SEED=%d)", seed, seed)
+	n := 1000 // .ci/run runs these 1,000 without -race
 	if raceEnabled || testing.Short() {
-		n = 250 // the race detector makes JSON and SQLite ~8 times slower
+		n = 100 // the race detector makes JSON and SQLite ~8 times slower
 	}
 	n = envRounds("FW_TEST_SPLIT_UPDATES", n)
 	fm := newFakeManager(t)

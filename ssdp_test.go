@@ -67,6 +67,7 @@ func TestSSDPLocation(t *testing.T) {
 }
 
 func TestWorkerDiscoversManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	writeFile(t, f.dir+"/flamenco-worker.cfg", "[flamenco-worker]\nmanager_url =\n")
 	f.env = []string{"FW_TEST_SSDP=" + ssdpResponder(t, f.fm.URL()+"/")}

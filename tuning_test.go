@@ -141,6 +141,7 @@ output_produced_interval_seconds = 11
 // TestTuningInVerbose: --verbose lists every key; a file's value wins over
 // the built-in (here: the tests') default.
 func TestTuningInVerbose(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "kill_grace_seconds = 1.5").registered()
 	p := f.start("--verbose")
 	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -251,6 +252,7 @@ func TestHTTPTimeoutUpload(t *testing.T) {
 // TestHangingTaskFetchIsRetried: a Manager that accepts POST /task and
 // never answers costs the response timeout; the worker then fetches again.
 func TestHangingTaskFetchIsRetried(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "http_response_timeout_seconds = 2").registered()
 	hung := make(chan struct{})
 	f.fm.set(func(fm *fakeManager) {

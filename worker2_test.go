@@ -13,6 +13,7 @@ import (
 )
 
 func TestRegistrationSecret(t *testing.T) {
+	t.Parallel()
 	t.Run("right secret: Bearer JWT accepted", func(t *testing.T) {
 		f := newFarm(t, "worker_registration_secret = let-me-in")
 		f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
@@ -37,6 +38,7 @@ func TestRegistrationSecret(t *testing.T) {
 }
 
 func TestManagerForgetsWorkerMidRun(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -51,6 +53,7 @@ func TestManagerForgetsWorkerMidRun(t *testing.T) {
 }
 
 func TestNoFetchWhileQueueIsFull(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "push_log_max_entries = 1").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, logALot(30), `{"name": "sleep", "settings": {"time_in_seconds": 60}}`)
@@ -79,6 +82,7 @@ func TestNoFetchWhileQueueIsFull(t *testing.T) {
 }
 
 func TestSingleTaskMode(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	f.fm.queueTask(taskID(1), echoCmd("one"))
 	f.fm.queueTask(taskID(2), echoCmd("two"))
@@ -96,6 +100,7 @@ func TestSingleTaskMode(t *testing.T) {
 }
 
 func TestGarbageTaskDoesNotCrash(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	served := 0
 	f.fm.set(func(fm *fakeManager) {
@@ -119,6 +124,7 @@ func TestGarbageTaskDoesNotCrash(t *testing.T) {
 }
 
 func TestSecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	// A task whose process ignores SIGTERM: a clean shutdown would wait the grace period.
 	f.fm.queueTask(taskID(1), execCmd(`sh -c 'trap "" TERM; echo started; sleep 60'`))
@@ -192,6 +198,7 @@ var startDir, _ = os.Getwd()
 func repoDir(t *testing.T) string { return startDir }
 
 func TestPreflightCheck(t *testing.T) {
+	t.Parallel()
 	t.Run("all pass", func(t *testing.T) {
 		f := newFarm(t, "").registered()
 		p := f.start("--check")
@@ -247,6 +254,7 @@ func TestExampleRenderTask(t *testing.T) {
 }
 
 func TestSilentSubprocessIsKilled(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "subprocess_timeout_seconds = 0.5").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 60'`))
@@ -263,6 +271,7 @@ func TestSilentSubprocessIsKilled(t *testing.T) {
 }
 
 func TestOutputProducedReachesManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	src, dest := filepath.Join(f.dir, "frame.png"), filepath.Join(f.dir, "out", "frame.png")
 	writeFile(t, src, "png")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -37,6 +38,14 @@ func TestMain(m *testing.M) {
 			os.Exit(code)
 		}
 		os.Exit(runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, tune))
+	}
+	// The end-to-end tests (t.Parallel) spend their time waiting for a
+	// worker process; run 8 at once unless -parallel says otherwise.
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		flag.Set("test.parallel", "8")
 	}
 	os.Exit(m.Run())
 }
@@ -187,6 +196,7 @@ func echoCmd(msg string) string {
 func execCmd(cmd string) string { return fmt.Sprintf(`{"name": "exec", "settings": {"cmd": %q}}`, cmd) }
 
 func TestFirstStartRegistersAndStoresCredentials(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "")
 	p := f.start()
 	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -214,6 +224,7 @@ func TestFirstStartRegistersAndStoresCredentials(t *testing.T) {
 }
 
 func TestStartWithCredentialsSignsOn(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
@@ -231,6 +242,7 @@ func TestStartWithCredentialsSignsOn(t *testing.T) {
 }
 
 func TestSignOnRefusedReregisters(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "")
 	// Credentials the Manager forgot (its database was reset).
 	writeFile(t, filepath.Join(f.home, ".flamenco-worker.cfg"), "[flamenco-worker]\nworker_id = 5e0000000000000000000def\nworker_secret = old\n")
@@ -250,6 +262,7 @@ func TestSignOnRefusedReregisters(t *testing.T) {
 var logLineRe = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00: `)
 
 func TestTaskRunsToCompletion(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, echoCmd("Preparing to sleep"),
@@ -287,6 +300,7 @@ func TestTaskRunsToCompletion(t *testing.T) {
 }
 
 func TestFailedTasksDoNotStopTheWorker(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	f.fm.queueTask(taskID(1), execCmd("sh -c 'echo failing; exit 3'"))
 	f.fm.queueTask(taskID(2), `{"name": "render_in_my_dreams", "settings": {}}`)
@@ -346,6 +360,7 @@ func checkLinesOnceInOrder(t *testing.T, log string, n int) {
 }
 
 func TestUpdatesSurviveAFlakyManager(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "push_log_max_entries = 20").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, logALot(300))
@@ -430,6 +445,7 @@ func queuedPayloads(t *testing.T, path string) []string {
 }
 
 func TestQueueSurvivesSIGKILL(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "push_log_max_entries = 5").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, logALot(40), `{"name": "sleep", "settings": {"time_in_seconds": 60}}`)
@@ -460,6 +476,7 @@ func TestQueueSurvivesSIGKILL(t *testing.T) {
 }
 
 func TestSIGTERMAbortsTaskAndSignsOff(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	// The task starts a background child, then waits: both must be gone.
@@ -487,6 +504,7 @@ func TestSIGTERMAbortsTaskAndSignsOff(t *testing.T) {
 }
 
 func TestSIGUSR1DumpsStacksAndCarriesOn(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "").registered()
 	p := f.start()
 	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
