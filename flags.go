@@ -47,7 +47,8 @@ Flags combine and abbreviate as in the Python worker: -vd, -cFILE,
 
 Signals: SIGINT/SIGTERM shut down cleanly (a second one exits at once),
 SIGUSR1 prints goroutine stacks and the worker's state to stderr,
-SIGTSTP sends the worker to sleep, SIGCONT (or SIGUSR2) wakes it up.
+SIGTSTP sends the worker to sleep, SIGCONT (or SIGUSR2) wakes it up,
+SIGHUP reopens the log files.
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 usage error,
 47 configuration error.
 `

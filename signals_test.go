@@ -52,38 +52,6 @@ func startEarly(f *farm) *workerProc {
 	return p
 }
 
-// startWith is farm.start with a chance to change the command first.
-func startWith(f *farm, prepare func(*exec.Cmd), args ...string) *workerProc {
-	f.t.Helper()
-	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0], args...)
-	p.cmd.Dir = f.dir
-	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
-	p.cmd.Env = append(p.cmd.Env, f.env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	prepare(p.cmd)
-	if err := p.cmd.Start(); err != nil {
-		f.t.Fatal(err)
-	}
-	go func() { // ends when the worker exits
-		p.cmd.Wait()
-		p.code = p.cmd.ProcessState.ExitCode()
-		close(p.done)
-	}()
-	f.t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if f.t.Failed() {
-			f.t.Logf("worker output:\n%s", p.out.String())
-		}
-	})
-	return p
-}
-
 // exitedBy says how a worker ended: "exit N" or the signal that killed it.
 func exitedBy(p *workerProc) string {
 	ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus)

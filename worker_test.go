@@ -132,6 +132,12 @@ func (l *lockedBuffer) String() string {
 // start runs the worker in the farm's directory with the farm's HOME.
 func (f *farm) start(args ...string) *workerProc {
 	f.t.Helper()
+	return startWith(f, func(*exec.Cmd) {}, args...)
+}
+
+// startWith is farm.start with a chance to change the command first.
+func startWith(f *farm, prepare func(*exec.Cmd), args ...string) *workerProc {
+	f.t.Helper()
 	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Dir = f.dir
@@ -140,6 +146,7 @@ func (f *farm) start(args ...string) *workerProc {
 	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
 	p.cmd.Env = append(p.cmd.Env, f.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	prepare(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}
