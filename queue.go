@@ -248,6 +248,7 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 	defer q.sendMu.Unlock()
 	if q.hs.pending {
 		if err := q.applyPending(); err != nil {
+			q.reclaim()
 			return false, retryLater, err
 		}
 	}
@@ -304,6 +305,7 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 // again, and the write is retried after a backoff.
 func (q *queue) settle() (bool, outcome, error) {
 	if err := q.applyPending(); err != nil {
+		q.reclaim()
 		return false, retryLater, err
 	}
 	return false, delivered, nil
@@ -536,6 +538,7 @@ func (q *queue) commit(ctx context.Context, in <-chan outgoing) {
 			}
 			q.logger.Error("cannot store a task update, retrying", "task_id", o.taskID, "err", err)
 			sleepCtx(ctx, time.Second)
+			q.reclaim()
 		}
 	}
 }

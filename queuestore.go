@@ -53,9 +53,20 @@ type queueStore struct {
 
 // queueDSN opens path with 64 KiB pages and the given journal mode. The
 // driver runs the _pragma entries before _journal_mode, and the page size
-// must be set before WAL (or the first table) fixes it.
+// must be set before WAL (or the first table) fixes it. The WAL is
+// checkpointed every 64 pages (4 MiB, SQLite's default in bytes): at its
+// default of 1000 pages it would grow to 64 MiB first.
 func queueDSN(path, journal string) string {
-	return (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(65536)&_pragma=journal_size_limit(16777216)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String()
+	return (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(65536)&_pragma=journal_size_limit(16777216)&_pragma=wal_autocheckpoint(64)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String()
+}
+
+// reclaim gives the WAL's space back to the file system (a checkpoint that
+// truncates it): after a write failed on a full disk, the frames of the
+// failed transactions would otherwise keep the space that was freed since.
+func (q *queue) reclaim() {
+	q.st.dbMu.RLock()
+	defer q.st.dbMu.RUnlock()
+	q.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
 }
 
 func sqliteCode(err error) int {
