@@ -144,22 +144,29 @@ func TestShutdownRequestedByManager(t *testing.T) {
 	}
 }
 
+// TestSleepAndWakeSignals: SIGTSTP sends the worker to sleep; SIGCONT, or
+// SIGUSR2 (the Python worker's wake-up signal), wakes it.
 func TestSleepAndWakeSignals(t *testing.T) {
 	t.Parallel()
-	f := newFarm(t, "").registered()
-	p := f.start()
-	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
-	p.signal(syscall.SIGTSTP)
-	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
-	fetches := f.fm.count("POST /task")
-	waitFor(t, 5*time.Second, "status-change polls", func() bool { return f.fm.count("GET /status-change") >= 2 })
-	if n := f.fm.count("POST /task"); n != fetches {
-		t.Errorf("%d fetches while asleep", n-fetches)
+	for _, wake := range []syscall.Signal{syscall.SIGCONT, syscall.SIGUSR2} {
+		t.Run(wake.String(), func(t *testing.T) {
+			t.Parallel()
+			f := newFarm(t, "").registered()
+			p := f.start()
+			waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
+			p.signal(syscall.SIGTSTP)
+			waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
+			fetches := f.fm.count("POST /task")
+			waitFor(t, 5*time.Second, "status-change polls", func() bool { return f.fm.count("GET /status-change") >= 2 })
+			if n := f.fm.count("POST /task"); n != fetches {
+				t.Errorf("%d fetches while asleep", n-fetches)
+			}
+			p.signal(wake)
+			waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
+			waitFor(t, 5*time.Second, "fetching again", func() bool { return f.fm.count("POST /task") > fetches })
+			p.stop()
+		})
 	}
-	p.signal(syscall.SIGCONT)
-	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
-	waitFor(t, 5*time.Second, "fetching again", func() bool { return f.fm.count("POST /task") > fetches })
-	p.stop()
 }
 
 func TestPreTaskChecks(t *testing.T) {

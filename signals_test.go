@@ -164,20 +164,6 @@ func TestSIGQUITDumpsAndExits(t *testing.T) {
 	}
 }
 
-func TestSIGUSR2Wakes(t *testing.T) {
-	t.Parallel()
-	f := newFarm(t, "").registered()
-	p := f.start()
-	waitFor(t, 10*time.Second, "a fetch", func() bool { return f.fm.count("POST /task") > 0 })
-	p.signal(syscall.SIGTSTP)
-	waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
-	fetches := f.fm.count("POST /task")
-	p.signal(syscall.SIGUSR2) // the Python worker's wake-up signal
-	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
-	waitFor(t, 5*time.Second, "fetching again", func() bool { return f.fm.count("POST /task") > fetches })
-	p.stop()
-}
-
 func TestSIGCONTKeepsManagerSleep(t *testing.T) {
 	t.Parallel()
 	f := newFarm(t, "").registered()
