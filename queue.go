@@ -146,15 +146,14 @@ func (q *queue) peek() (*queuedUpdate, error) {
 		case err == nil && u == nil:
 			q.compactOnce()
 			return nil, nil
-		case err == nil && json.Valid(u.payload):
+		case err == nil:
+			// Not checked as JSON here (that pass over every payload cost
+			// 0.9 CPU-s per million lines): garbage from a damaged page that
+			// SQLite did not notice is refused 400 by the Manager and set aside.
 			q.mu.Lock()
 			q.head = u.id
 			q.mu.Unlock()
 			return u, nil
-		case err == nil: // SQLite read garbage without noticing: a damaged page
-			if err = q.setAside(u.id, "unreadable: payload is not valid JSON (a damaged page?)"); err == nil {
-				continue
-			}
 		}
 		if !isDamaged(err) || rebuilt {
 			return nil, fmt.Errorf("reading task update queue: %w", err)
@@ -285,8 +284,15 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 			return false, delivered, nil // at once, in smaller parts
 		}
 		return q.refused(u, resp)
-	case resp.status == http.StatusBadRequest || resp.status == http.StatusNotFound ||
-		resp.status == http.StatusConflict || resp.status == http.StatusUnprocessableEntity:
+	case resp.status == http.StatusBadRequest || resp.status == http.StatusUnprocessableEntity:
+		// The update itself is malformed (e.g. read from a damaged page):
+		// kept aside for inspection, and the queue moves on.
+		if err := q.setAside(u.id, "refused as malformed: "+resp.String()); err != nil {
+			return false, retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
+		}
+		q.hs = headState{}
+		return false, delivered, nil
+	case resp.status == http.StatusNotFound || resp.status == http.StatusConflict:
 		q.logger.Error("Manager refused a task update for good, discarding it", "task_id", u.taskID, "response", resp.String())
 		if d.rejected != nil {
 			d.rejected(u.taskID, resp.status)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -108,12 +109,16 @@ func damagePage(t *testing.T, path string, victim int, wantOwnPage bool, skip, f
 	return nil
 }
 
-// deliverAll flushes the queue to a Manager that takes everything and
-// returns the task ids delivered, in order.
+// deliverAll flushes the queue to a Manager that takes every update that
+// is JSON (and refuses the rest 400, as the Manager does) and returns the
+// task ids delivered, in order.
 func deliverAll(t *testing.T, q *queue) []string {
 	t.Helper()
 	var got []string
-	d := deliverer{send: func(_ context.Context, taskID string, _ []byte) (*response, error) {
+	d := deliverer{send: func(_ context.Context, taskID string, payload []byte) (*response, error) {
+		if !json.Valid(payload) {
+			return &response{status: 400, body: []byte("invalid JSON")}, nil
+		}
 		got = append(got, taskID)
 		return &response{status: 204}, nil
 	}}
