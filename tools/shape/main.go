@@ -1,0 +1,147 @@
+// Command shape reports the measures of issue 13 for the package in the
+// current directory: non-test Go lines, the functions longer than a limit,
+// and the pairs of files that use each other both ways.
+//
+//	go run ./tools/shape [-max 60]
+//
+// It exits 1 when a function is too long or a pair of files depends on each
+// other both ways. Imports are type-checked from source (go/importer "source"),
+// so it runs with the standard library alone.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"go/ast"
+	"go/importer"
+	"go/parser"
+	"go/token"
+	"go/types"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+func main() {
+	maxLines := flag.Int("max", 60, "longest function allowed, in lines")
+	verbose := flag.Bool("v", false, "name what each file of a both-way pair uses of the other")
+	flag.Parse()
+	fset := token.NewFileSet()
+	names, _ := filepath.Glob("*.go")
+	var files []*ast.File
+	lines := 0
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ParseComments)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		files = append(files, f)
+		lines += fset.File(f.Pos()).LineCount()
+	}
+	info := &types.Info{Uses: map[*ast.Ident]types.Object{}, Selections: map[*ast.SelectorExpr]*types.Selection{}}
+	conf := types.Config{Importer: importer.ForCompiler(fset, "source", nil), Error: func(error) {}}
+	pkg, _ := conf.Check("main", fset, files, info)
+
+	bad := false
+	fmt.Printf("non-test lines: %d in %d files\n", lines, len(files))
+	type fn struct {
+		name string
+		n    int
+	}
+	var long []fn
+	longest := fn{}
+	for _, f := range files {
+		for _, d := range f.Decls {
+			fd, ok := d.(*ast.FuncDecl)
+			if !ok || fd.Body == nil {
+				continue
+			}
+			n := fset.Position(fd.End()).Line - fset.Position(fd.Pos()).Line + 1
+			name := fset.Position(fd.Pos()).Filename + ":" + fd.Name.Name
+			if n > longest.n {
+				longest = fn{name, n}
+			}
+			if n > *maxLines {
+				long = append(long, fn{name, n})
+			}
+		}
+	}
+	fmt.Printf("longest function: %s, %d lines\n", longest.name, longest.n)
+	for _, l := range long {
+		fmt.Printf("  over %d: %s (%d)\n", *maxLines, l.name, l.n)
+		bad = true
+	}
+
+	// uses[a][b]: file a uses something declared at package level (or a
+	// method or field of a package-level type) in file b.
+	uses := map[string]map[string]bool{}
+	what := map[[2]string]map[string]bool{}
+	note := func(from token.Pos, obj types.Object) {
+		if obj == nil || obj.Pkg() != pkg || !obj.Pos().IsValid() {
+			return
+		}
+		if v, ok := obj.(*types.Var); ok && !v.IsField() && obj.Parent() != pkg.Scope() {
+			return // a local variable
+		}
+		if _, ok := obj.(*types.Func); !ok {
+			if obj.Parent() != nil && obj.Parent() != pkg.Scope() {
+				return // local const, type or label
+			}
+		}
+		a, b := fset.Position(from).Filename, fset.Position(obj.Pos()).Filename
+		if a == b {
+			return
+		}
+		if uses[a] == nil {
+			uses[a] = map[string]bool{}
+		}
+		uses[a][b] = true
+		k := [2]string{a, b}
+		if what[k] == nil {
+			what[k] = map[string]bool{}
+		}
+		what[k][obj.Name()] = true
+	}
+	for id, obj := range info.Uses {
+		note(id.Pos(), obj)
+	}
+	for sel, s := range info.Selections {
+		note(sel.Sel.Pos(), s.Obj())
+	}
+	var pairs []string
+	for a, bs := range uses {
+		for b := range bs {
+			if a < b && uses[b][a] {
+				pairs = append(pairs, a+" <-> "+b)
+			}
+		}
+	}
+	sort.Strings(pairs)
+	fmt.Printf("both-way file pairs: %d\n", len(pairs))
+	for _, p := range pairs {
+		fmt.Println("  " + p)
+		bad = true
+		if *verbose {
+			ab := strings.Split(p, " <-> ")
+			fmt.Printf("    %s uses %s\n", ab[0], keys(what[[2]string{ab[0], ab[1]}]))
+			fmt.Printf("    %s uses %s\n", ab[1], keys(what[[2]string{ab[1], ab[0]}]))
+		}
+	}
+	if bad {
+		os.Exit(1)
+	}
+}
+
+func keys(m map[string]bool) string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, " ")
+}
