@@ -1,19 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
-
-// commandFunc validates a command's settings and returns the function that
-// executes it. A validation error fails the task as "Invalid settings"
-// before anything runs; an error from run fails it as "Error executing".
-type commandFunc func(ctx context.Context, c *cmdCtx, s settings) (run func(ctx context.Context) error, err error)
 
 // commandRegistry maps every command name of the Python worker 2.5 to its
 // implementation (spec/python-worker.md §5.7). It is never modified.
@@ -42,62 +36,6 @@ var commandRegistry = map[string]commandFunc{
 	"concatenate_videos": cmdConcatenateVideos,
 	"mux_audio":          cmdMuxAudio,
 	"encode_audio":       cmdEncodeAudio,
-}
-
-// runEnv is what commands need from the worker, the same for every task.
-type runEnv struct {
-	pidFile        string        // subprocess_pid_file; "" disables it
-	silenceTimeout time.Duration // kill a subprocess silent this long; 0 = never
-	killGrace      time.Duration // between SIGTERM and SIGKILL on abort
-	fileWait       time.Duration // grace wait for a blend file on a slow network share
-	extraEnv       []string      // [environment] section, "KEY=value"
-	output         func(path string)
-	logger         *slog.Logger
-	sweep          bool     // the worker is a child subreaper: kill its descendants after each command
-	protected      []string // absolute paths remove_tree and remove_file must not take away
-}
-
-// cmdCtx is one command of one task while it runs.
-type cmdCtx struct {
-	name   string
-	idx    int
-	taskID string
-	rep    *reporter
-	env    *runEnv
-	timing *timing
-}
-
-// identifier names the command in error messages, as the Python worker does.
-func (c *cmdCtx) identifier() string {
-	return fmt.Sprintf("%s.(task_id=%s, command_idx=%d)", c.name, c.taskID, c.idx)
-}
-
-// logf sends "<command name>: <message>" to the task log.
-func (c *cmdCtx) logf(format string, args ...any) {
-	c.rep.log(c.name + ": " + fmt.Sprintf(format, args...))
-}
-
-// activity replaces the task's activity text.
-func (c *cmdCtx) activity(a string) { c.rep.setActivity(a) }
-
-// progress reports the command's progress as a fraction from 0 to 1.
-func (c *cmdCtx) progress(frac float64) { c.rep.progress(frac) }
-
-// outputProduced tells the Manager about a new output file (for its
-// "latest image"); the notifier throttles.
-func (c *cmdCtx) outputProduced(path string) {
-	if c.env.output != nil {
-		c.env.output(path)
-	}
-}
-
-// mkdirAll creates dir and its parents, logging when it had to.
-func (c *cmdCtx) mkdirAll(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
-	c.logf("Directory %s does not exist; creating.", dir)
-	return os.MkdirAll(dir, 0o777)
 }
 
 // runCommands runs the task's commands in order and reports whether all of
@@ -161,29 +99,6 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 	c.rep.commandFinished(c.idx, c.name)
 	return true
 }
-
-// timing records named durations of one command (Python's timing.Timing):
-// checkpoint starts a named interval that ends at the next checkpoint.
-type timing struct {
-	values    map[string]float64
-	lastName  string
-	lastStart time.Time
-}
-
-func newTiming() *timing { return &timing{values: map[string]float64{}} }
-
-func (t *timing) set(name string, d time.Duration) { t.values[name] += d.Seconds() }
-
-// checkpoint closes the running interval (if any) and starts name; "" only closes.
-func (t *timing) checkpoint(name string) {
-	now := time.Now()
-	if t.lastName != "" {
-		t.set(t.lastName, now.Sub(t.lastStart))
-	}
-	t.lastName, t.lastStart = name, now
-}
-
-func (t *timing) String() string { return timingString(t.values) }
 
 func cmdEcho(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	msg, err := s.str("message", true, "")
@@ -249,10 +164,52 @@ func cmdExec(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) 
 	}, nil
 }
 
-// absPath makes p absolute without touching the file system.
-func absPath(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
+// task is what the worker uses of the Manager's Task document (§2.1).
+type task struct {
+	ID       string
+	Commands []taskCommand
+}
+
+// taskCommand is one command of a task. Settings is nil when the Manager
+// sent something other than a JSON object; RawSettings then says what.
+type taskCommand struct {
+	Name        string
+	Settings    settings
+	RawSettings string
+}
+
+// decodeTask parses a /task response body. Settings are decoded with
+// json.Number so that integer and float settings stay apart.
+func decodeTask(body []byte) (*task, error) {
+	var doc struct {
+		ID       string `json:"_id"`
+		Commands *[]struct {
+			Name     string          `json:"name"`
+			Settings json.RawMessage `json:"settings"`
+		} `json:"commands"`
 	}
-	return p
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("decoding task: %w", err)
+	}
+	if doc.ID == "" {
+		return nil, fmt.Errorf("decoding task: no _id")
+	}
+	if doc.Commands == nil {
+		return nil, fmt.Errorf("decoding task: no commands list")
+	}
+	t := &task{ID: doc.ID}
+	for _, c := range *doc.Commands {
+		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
+		if tc.RawSettings == "" {
+			tc.RawSettings = "(none)"
+		}
+		dec := json.NewDecoder(bytes.NewReader(c.Settings))
+		dec.UseNumber()
+		var s map[string]any
+		if err := dec.Decode(&s); err == nil && s != nil {
+			tc.Settings = s
+		}
+		t.Commands = append(t.Commands, tc)
+	}
+	return t, nil
 }

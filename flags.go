@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 )
 
@@ -253,4 +254,57 @@ func classify(specs []*flagSpec, a string) (flagArg, error) {
 		w.positional = true // argparse: a word with a space is a value, not an option
 	}
 	return w, nil
+}
+
+// Exit codes, as the Python worker's: 2 is argparse's usage error, 47 a
+// configuration error, which a restart cannot fix (the unit's
+// RestartPreventExitStatus).
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+	exitConfig  = 47
+)
+
+// baseVersion is this worker's version. 2.5 is the Python worker it
+// replaces (the same protocol, configuration and command line), so a farm
+// admin reading the Manager's "software" column (our User-Agent) sees which
+// generation it is; go.N counts this implementation's releases and tells
+// it apart from the Python worker's 2.5. Every build reports it (a plain
+// go build too), with the VCS revision added when the build knows it.
+const baseVersion = "2.5.0-go.1"
+
+// workerVersion is baseVersion plus, as semver build metadata, the VCS
+// revision the binary was built from ("+0123456789ab", ".dirty" for a
+// modified tree) when the build recorded it. -V, the User-Agent, --check
+// and the start-up log line all use it.
+func workerVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return baseVersion
+	}
+	return versionWith(info.Settings)
+}
+
+// versionWith is workerVersion for the given build settings.
+func versionWith(settings []debug.BuildSetting) string {
+	rev, dirty := "", false
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return baseVersion
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += ".dirty"
+	}
+	return baseVersion + "+" + rev
 }

@@ -154,24 +154,3 @@ func lockOwner(f *os.File) int {
 		}
 	}
 }
-
-// withDirLock runs fn holding an exclusive flock on directory dir, so that
-// workers sharing a home file (each with its own section) do not lose each
-// other's credentials in concurrent read-modify-write cycles. The lock is
-// held for a few milliseconds only, so waiting for it is fine. Where a
-// directory cannot be locked (NFS emulates flock with POSIX locks, which
-// need a file open for writing), fn runs unlocked, as before.
-func withDirLock(dir string, fn func() error) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	for {
-		err = syscall.Flock(int(d.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	return fn()
-}

@@ -10,30 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
-
-// Exit codes, as the Python worker's: 2 is argparse's usage error, 47 a
-// configuration error, which a restart cannot fix (the unit's
-// RestartPreventExitStatus).
-const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
-	exitConfig  = 47
-)
-
-// baseVersion is this worker's version. 2.5 is the Python worker it
-// replaces (the same protocol, configuration and command line), so a farm
-// admin reading the Manager's "software" column (our User-Agent) sees which
-// generation it is; go.N counts this implementation's releases and tells
-// it apart from the Python worker's 2.5. Every build reports it (a plain
-// go build too), with the VCS revision added when the build knows it.
-const baseVersion = "2.5.0-go.1"
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
@@ -42,51 +23,6 @@ func main() {
 // run is the whole program; only main turns its result into an exit.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runTuned(ctx, args, stdout, stderr, defaultTuning())
-}
-
-// tuning holds the worker's delays and limits (spec/python-worker.md
-// §6.10, constants in the Python worker): each is a [flamenco-worker] key
-// (configKeys), with defaultTuning's value as its default. loadConfig
-// builds one tuning value, and each constructor takes what it needs from it.
-type tuning struct {
-	intervals
-	registerRetry time.Duration // between registration/sign-on attempts
-	killGrace     time.Duration // SIGTERM → SIGKILL
-	fileWait      time.Duration // grace for a blend file on a slow share
-	outputWindow  time.Duration // /output-produced at most once per window
-	updateBackoff backoff       // retry delays of the update forwarder
-	http          httpTimeouts
-	ssdpTargets   []string  // where discovery searches for the Manager (not a key)
-	testHooks     testHooks // nil functions in production (not a key)
-}
-
-// backoff is an exponential retry delay: it starts at min and doubles up to max.
-type backoff struct{ min, max time.Duration }
-
-// httpTimeouts bound every request to the Manager. There is no overall
-// deadline: a large body takes as long as it keeps moving.
-type httpTimeouts struct {
-	connect time.Duration // TCP connect and TLS handshake
-	header  time.Duration // from the request sent to the response headers
-	idle    time.Duration // longest pause while a body is sent or read
-}
-
-// defaultTuning is the default of every tuning key, the Python worker's
-// value where it has one.
-func defaultTuning() tuning {
-	return tuning{
-		intervals:     intervals{fetchEmpty: 5 * time.Second, fetchFailed: 10 * time.Second, asleepPoll: 30 * time.Second, queueLimit: 10},
-		registerRetry: 30 * time.Second,
-		killGrace:     5 * time.Second,
-		fileWait:      5 * time.Second,
-		outputWindow:  30 * time.Second,
-		updateBackoff: backoff{min: 500 * time.Millisecond, max: time.Minute},
-		// Python: 3 s for connect and read. The response may take a little
-		// longer here, since a POST that times out is sent again.
-		http: httpTimeouts{connect: 3 * time.Second, header: 5 * time.Second, idle: 5 * time.Second},
-		// IPv4 multicast, and IPv6 site-local, as the Python worker.
-		ssdpTargets: []string{"239.255.255.250:1900", "[ff05::c]:1900"},
-	}
 }
 
 // runTuned is run with tune as the defaults of the tuning keys (tests
@@ -167,41 +103,6 @@ func newLogger(w io.Writer, debug bool) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(newStderrHandler(w, level, os.Getenv))
-}
-
-// workerVersion is baseVersion plus, as semver build metadata, the VCS
-// revision the binary was built from ("+0123456789ab", ".dirty" for a
-// modified tree) when the build recorded it. -V, the User-Agent, --check
-// and the start-up log line all use it.
-func workerVersion() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return baseVersion
-	}
-	return versionWith(info.Settings)
-}
-
-// versionWith is workerVersion for the given build settings.
-func versionWith(settings []debug.BuildSetting) string {
-	rev, dirty := "", false
-	for _, s := range settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	if rev == "" {
-		return baseVersion
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if dirty {
-		rev += ".dirty"
-	}
-	return baseVersion + "+" + rev
 }
 
 // newRunEnv is what commands get from the configuration.

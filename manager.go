@@ -62,7 +62,7 @@ type manager struct {
 	// resets it.
 	authRefusals atomic.Int32
 
-	reach reachability // since when the Manager is unreachable, for STATUS= (notify.go)
+	reach reachability // since when the Manager is unreachable, for STATUS= (systemd.go)
 }
 
 // errRefused is a sign-on cycle that ended with our credentials refused,
@@ -481,7 +481,7 @@ func (m *manager) retry(ctx context.Context, what string, fn func() (*response, 
 			reason = resp.String()
 		}
 		m.logger.Warn("cannot reach the Manager, retrying", "what", what, "err", reason, "retry_in", m.retryDelay)
-		waitingOnPurpose(ctx, m.retryDelay) // for the watchdog (notify.go)
+		waitingOnPurpose(ctx, m.retryDelay) // for the watchdog (systemd.go)
 		if !sleepCtx(ctx, m.retryDelay) {
 			return nil, ctx.Err()
 		}

@@ -46,7 +46,7 @@ type queue struct {
 
 	st queueStore // the SQLite file itself (queuestore.go)
 
-	live *liveness // the forwarder's heartbeats, for the watchdog (notify.go)
+	live *liveness // the forwarder's heartbeats, for the watchdog (systemd.go)
 }
 
 // openQueue opens (creating if needed) the queue database, see open; retry

@@ -1,66 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"time"
 )
-
-// task is what the worker uses of the Manager's Task document (§2.1).
-type task struct {
-	ID       string
-	Commands []taskCommand
-}
-
-// taskCommand is one command of a task. Settings is nil when the Manager
-// sent something other than a JSON object; RawSettings then says what.
-type taskCommand struct {
-	Name        string
-	Settings    settings
-	RawSettings string
-}
-
-// decodeTask parses a /task response body. Settings are decoded with
-// json.Number so that integer and float settings stay apart.
-func decodeTask(body []byte) (*task, error) {
-	var doc struct {
-		ID       string `json:"_id"`
-		Commands *[]struct {
-			Name     string          `json:"name"`
-			Settings json.RawMessage `json:"settings"`
-		} `json:"commands"`
-	}
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, fmt.Errorf("decoding task: %w", err)
-	}
-	if doc.ID == "" {
-		return nil, fmt.Errorf("decoding task: no _id")
-	}
-	if doc.Commands == nil {
-		return nil, fmt.Errorf("decoding task: no commands list")
-	}
-	t := &task{ID: doc.ID}
-	for _, c := range *doc.Commands {
-		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
-		if tc.RawSettings == "" {
-			tc.RawSettings = "(none)"
-		}
-		dec := json.NewDecoder(bytes.NewReader(c.Settings))
-		dec.UseNumber()
-		var s map[string]any
-		if err := dec.Decode(&s); err == nil && s != nil {
-			tc.Settings = s
-		}
-		t.Commands = append(t.Commands, tc)
-	}
-	return t, nil
-}
 
 // Worker states (spec/python-worker.md §6.1). "testing" is only reported.
 const (
@@ -77,14 +28,6 @@ var (
 	errGoingAsleep = errors.New("the worker is going asleep")
 	errTaskTimeout = errors.New("task_timeout_seconds exceeded")
 )
-
-// intervals are the fetch loop's delays and limit (part of tuning).
-type intervals struct {
-	fetchEmpty  time.Duration // after a 204 on /task
-	fetchFailed time.Duration // after an error on /task, or a full queue
-	asleepPoll  time.Duration // /status-change while asleep
-	queueLimit  int           // no fetch while more updates than this are queued
-}
 
 // worker runs the fetch-and-execute loop and obeys the Manager.
 type worker struct {
@@ -106,7 +49,7 @@ type worker struct {
 	// and why it is in the error state (noteTrouble), for STATUS=.
 	asleepBy, trouble string
 
-	live *liveness // heartbeats for the watchdog (notify.go)
+	live *liveness // heartbeats for the watchdog (systemd.go)
 
 	stopped map[string]bool // tasks the Manager told us to stop: their queued updates go without a status
 }
@@ -579,4 +522,141 @@ func (w *worker) summary() string {
 		}
 	}
 	return s + fmt.Sprintf("%d task updates queued.", w.q.len())
+}
+
+// Status requests that come from a local signal rather than the Manager:
+// a local wake-up does not override a sleep the Manager asked for.
+const (
+	sleepLocal = "asleep (SIGTSTP)"
+	wakeLocal  = "awake (signal)"
+)
+
+// Why the worker is asleep, for the log and systemd's STATUS= line.
+const (
+	asleepByManager = "requested by the Manager"
+	asleepBySignal  = "SIGTSTP"
+)
+
+// localRequest applies what a status request means for the reason the
+// worker sleeps, and turns a local request into the status to go to; ""
+// means: nothing to do. Called by changeStatus, on the main loop.
+func (w *worker) localRequest(status string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch status {
+	case sleepLocal:
+		if w.state != stateAsleep || w.asleepBy == "" {
+			w.asleepBy = asleepBySignal
+		}
+		return stateAsleep
+	case wakeLocal:
+		switch {
+		case w.state == stateAsleep && w.asleepBy == asleepByManager:
+			w.logger.Info("staying asleep: the Manager asked for it; wake the worker from the Manager")
+			return ""
+		case w.state != stateAsleep:
+			return "" // already awake (or in error, which ends by itself)
+		}
+		w.logger.Info("SIGCONT or SIGUSR2: waking up")
+		w.asleepBy = ""
+		return stateAwake
+	case stateAwake, stateError, stateShutdown, "shutdown":
+		w.asleepBy = ""
+		if status == stateAwake {
+			w.trouble = ""
+		}
+	default: // asleep, or a status we cannot go to, which means asleep
+		w.asleepBy = asleepByManager
+	}
+	return status
+}
+
+// pingWhileAlive pings systemd's watchdog every timeout/4, but only while no
+// loop is stuck for longer than timeout/2; a stuck loop stops the pings and
+// systemd restarts the worker. It ends with ctx.
+func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	tick := time.NewTicker(timeout / 4)
+	defer tick.Stop()
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		stuck := w.live.stale(timeout / 2)
+		if len(stuck) == 0 {
+			sdNotify("WATCHDOG=1")
+			warned = false
+			continue
+		}
+		if !warned {
+			w.logger.Error("a loop of the worker is stuck: no more watchdog pings, systemd will restart the worker", "loops", strings.Join(stuck, ","))
+			warned = true
+		}
+	}
+}
+
+// noteTrouble records why the worker goes to the error state and when it
+// tries again, for the STATUS= line; waking up clears it.
+func (w *worker) noteTrouble(err error, retry time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(retry).Format("15:04"))
+}
+
+// statusLine says what the worker does, for systemctl status.
+func (w *worker) statusLine() string {
+	w.mu.Lock()
+	state, cur, asleepBy, trouble := w.state, w.current, w.asleepBy, w.trouble
+	w.mu.Unlock()
+	var s string
+	switch {
+	case state == stateShutdown:
+		return "shutting down"
+	case cur != nil:
+		act, _ := cur.rep.snapshot()
+		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
+	case state == stateAsleep && asleepBy != "":
+		s = "asleep (" + asleepBy + ")"
+	case state == stateAsleep:
+		s = "asleep"
+	case state == stateError:
+		s = "error: " + trouble
+	default:
+		s = "idle, waiting for a task"
+	}
+	if since := w.mgr.reach.downSince(); !since.IsZero() {
+		down := fmt.Sprintf("Manager unreachable since %s, %d updates queued", since.Format("15:04:05"), w.q.len())
+		if cur == nil && state == stateAwake {
+			return down
+		}
+		s += "; " + down
+	}
+	return s
+}
+
+// reportStatus keeps systemd's STATUS= line current: it sends the line
+// when it changed, at most once every interval. It ends with ctx.
+func (w *worker) reportStatus(ctx context.Context, interval time.Duration) {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	last := ""
+	for {
+		if line := w.statusLine(); line != last {
+			sdNotify("STATUS=" + line)
+			last = line
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -49,19 +49,6 @@ func releaseSignals(ch chan os.Signal) {
 	}
 }
 
-// Status requests that come from a local signal rather than the Manager:
-// a local wake-up does not override a sleep the Manager asked for.
-const (
-	sleepLocal = "asleep (SIGTSTP)"
-	wakeLocal  = "awake (signal)"
-)
-
-// Why the worker is asleep, for the log and systemd's STATUS= line.
-const (
-	asleepByManager = "requested by the Manager"
-	asleepBySignal  = "SIGTSTP"
-)
-
 // signalLoop turns signals into worker actions (DESIGN.md "Signals"):
 // SIGINT/SIGTERM shut down cleanly and a second one exits at once, SIGUSR1
 // dumps goroutine stacks and state, SIGTSTP sleeps, SIGCONT and SIGUSR2
@@ -155,44 +142,4 @@ func (s *signalLoop) dump() {
 		summary = s.w.summary()
 	}
 	fmt.Fprintf(s.stderr, "=== SIGUSR1: Flamenco Worker state ===\n%s\n=== goroutines ===\n%s=== end of dump ===\n", summary, buf)
-}
-
-// localRequest applies what a status request means for the reason the
-// worker sleeps, and turns a local request into the status to go to; ""
-// means: nothing to do. Called by changeStatus, on the main loop.
-func (w *worker) localRequest(status string) string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	switch status {
-	case sleepLocal:
-		if w.state != stateAsleep || w.asleepBy == "" {
-			w.asleepBy = asleepBySignal
-		}
-		return stateAsleep
-	case wakeLocal:
-		switch {
-		case w.state == stateAsleep && w.asleepBy == asleepByManager:
-			w.logger.Info("staying asleep: the Manager asked for it; wake the worker from the Manager")
-			return ""
-		case w.state != stateAsleep:
-			return "" // already awake (or in error, which ends by itself)
-		}
-		w.logger.Info("SIGCONT or SIGUSR2: waking up")
-		w.asleepBy = ""
-		return stateAwake
-	case stateAwake, stateError, stateShutdown, "shutdown":
-		w.asleepBy = ""
-		if status == stateAwake {
-			w.trouble = ""
-		}
-	default: // asleep, or a status we cannot go to, which means asleep
-		w.asleepBy = asleepByManager
-	}
-	return status
-}
-
-// testHooks let the end-to-end tests reach into a real worker process.
-type testHooks struct {
-	signalsCaught func()            // right after catchSignals
-	beat          func(loop string) // at every heartbeat of a loop (see liveness)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -100,52 +99,4 @@ func toolVersion(ctx context.Context, name string) (string, error) {
 	}
 	first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 	return path + ": " + first, nil
-}
-
-// redactedPassword replaces the password of a URL's userinfo in output.
-const redactedPassword = "xxxxx"
-
-// redactURL hides the password in raw's userinfo, as url.URL.Redacted does
-// (http://user:xxxxx@host/), but without parsing, so that a URL too broken
-// for url.Parse is redacted too.
-func redactURL(raw string) string {
-	if pw := urlPassword(raw); pw != "" {
-		return strings.Replace(raw, ":"+pw+"@", ":"+redactedPassword+"@", 1)
-	}
-	return raw
-}
-
-// urlPassword is the password in raw's userinfo, as written, or "".
-func urlPassword(raw string) string {
-	_, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return ""
-	}
-	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
-		rest = rest[:end]
-	}
-	at := strings.LastIndexByte(rest, '@')
-	if at < 0 {
-		return ""
-	}
-	_, pw, _ := strings.Cut(rest[:at], ":")
-	return pw
-}
-
-// redactIn hides the password of rawURL wherever it occurs in msg, such as
-// an error that quotes the URL.
-func redactIn(msg, rawURL string) string {
-	if pw := urlPassword(rawURL); pw != "" {
-		return strings.ReplaceAll(msg, pw, redactedPassword)
-	}
-	return msg
-}
-
-// checkManagerURLRedacted is checkManagerURL with the URL's password
-// hidden in its error, which quotes the URL.
-func checkManagerURLRedacted(v string) error {
-	if err := checkManagerURL(v); err != nil {
-		return errors.New(redactIn(err.Error(), v))
-	}
-	return nil
 }

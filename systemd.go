@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
@@ -141,35 +139,6 @@ func (l *liveness) stale(limit time.Duration) []string {
 	return out
 }
 
-// pingWhileAlive pings systemd's watchdog every timeout/4, but only while no
-// loop is stuck for longer than timeout/2; a stuck loop stops the pings and
-// systemd restarts the worker. It ends with ctx.
-func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
-	if timeout <= 0 {
-		return
-	}
-	tick := time.NewTicker(timeout / 4)
-	defer tick.Stop()
-	warned := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		stuck := w.live.stale(timeout / 2)
-		if len(stuck) == 0 {
-			sdNotify("WATCHDOG=1")
-			warned = false
-			continue
-		}
-		if !warned {
-			w.logger.Error("a loop of the worker is stuck: no more watchdog pings, systemd will restart the worker", "loops", strings.Join(stuck, ","))
-			warned = true
-		}
-	}
-}
-
 // reachability tracks since when the Manager cannot be reached (a network
 // error, or a proxy's 502/503/504), for the STATUS= line.
 type reachability struct {
@@ -199,65 +168,4 @@ func (r *reachability) downSince() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.since
-}
-
-// noteTrouble records why the worker goes to the error state and when it
-// tries again, for the STATUS= line; waking up clears it.
-func (w *worker) noteTrouble(err error, retry time.Duration) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(retry).Format("15:04"))
-}
-
-// statusLine says what the worker does, for systemctl status.
-func (w *worker) statusLine() string {
-	w.mu.Lock()
-	state, cur, asleepBy, trouble := w.state, w.current, w.asleepBy, w.trouble
-	w.mu.Unlock()
-	var s string
-	switch {
-	case state == stateShutdown:
-		return "shutting down"
-	case cur != nil:
-		act, _ := cur.rep.snapshot()
-		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
-	case state == stateAsleep && asleepBy != "":
-		s = "asleep (" + asleepBy + ")"
-	case state == stateAsleep:
-		s = "asleep"
-	case state == stateError:
-		s = "error: " + trouble
-	default:
-		s = "idle, waiting for a task"
-	}
-	if since := w.mgr.reach.downSince(); !since.IsZero() {
-		down := fmt.Sprintf("Manager unreachable since %s, %d updates queued", since.Format("15:04:05"), w.q.len())
-		if cur == nil && state == stateAwake {
-			return down
-		}
-		s += "; " + down
-	}
-	return s
-}
-
-// reportStatus keeps systemd's STATUS= line current: it sends the line
-// when it changed, at most once every interval. It ends with ctx.
-func (w *worker) reportStatus(ctx context.Context, interval time.Duration) {
-	if os.Getenv("NOTIFY_SOCKET") == "" {
-		return
-	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	last := ""
-	for {
-		if line := w.statusLine(); line != last {
-			sdNotify("STATUS=" + line)
-			last = line
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }
