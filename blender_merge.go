@@ -2,12 +2,21 @@ package main
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
+
+// exrMergeScript defines main(), which builds the compositor scene that the
+// Python worker shipped as merge-exr.blend and renders the merge.
+//
+//go:embed merge_exr.py
+var exrMergeScript string
 
 // exrMerge is a validated merge_progressive_renders or
 // merge_progressive_render_sequence command.
@@ -24,18 +33,12 @@ type exrMerge struct {
 
 func cmdMergeProgressiveRenders(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	m, err := validateExrMerge(c, s, false)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error { return m.run(ctx, c) }, nil
+	return blenderCommand(err, func(ctx context.Context) error { return m.run(ctx, c) })
 }
 
 func cmdMergeProgressiveRenderSequence(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	m, err := validateExrMerge(c, s, true)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error { return m.run(ctx, c) }, nil
+	return blenderCommand(err, func(ctx context.Context) error { return m.run(ctx, c) })
 }
 
 // validateExrMerge checks the settings in the Python worker's order
@@ -97,30 +100,24 @@ func mergePath(s settings, key string) (string, error) {
 	return filepath.ToSlash(p), nil
 }
 
-// argv runs Blender without a blend file: the script builds the
-// compositor scene that the Python worker shipped as merge-exr.blend.
+// argv runs Blender without a blend file: the script builds the scene.
 func (m *exrMerge) argv(renderPath string) []string {
-	return append(append([]string{}, m.blender...), "--factory-startup", "--enable-autoexec", "-noaudio",
-		"--background", "--python-exit-code", "47", "--python-expr", m.script(renderPath))
+	return slices.Concat(m.blender, []string{"--factory-startup", "--enable-autoexec", "-noaudio",
+		"--background", "--python-exit-code", "47", "--python-expr", m.script(renderPath)})
 }
 
-// script fills in the merge script; every value goes in as a Python literal.
+// script is the merge script plus its call, every value a Python literal.
 func (m *exrMerge) script(renderPath string) string {
-	frameStart, frameEnd := int64(1), int64(1)
+	frameStart, frameEnd, sequence := int64(1), int64(1), "False"
 	if m.sequence {
-		frameStart, frameEnd = m.frameStart, m.frameEnd
+		frameStart, frameEnd, sequence = m.frameStart, m.frameEnd, "True"
 	}
-	return strings.NewReplacer(
-		"$INPUT1", blenderPyQuote(m.input1),
-		"$INPUT2", blenderPyQuote(m.input2),
-		"$WEIGHT1", fmt.Sprint(m.weight1),
-		"$WEIGHT2", fmt.Sprint(m.weight2),
-		"$RENDER_PATH", blenderPyQuote(renderPath),
-		"$SEQUENCE", map[bool]string{true: "True", false: "False"}[m.sequence],
-		"$FRAME_START", fmt.Sprint(frameStart),
-		"$FRAME_END", fmt.Sprint(frameEnd),
-	).Replace(exrMergeScript)
+	return exrMergeScript + fmt.Sprintf("\nmain(%s, %s, %d, %d, %s, %s, %d, %d)\n", strconv.Quote(m.input1),
+		strconv.Quote(m.input2), m.weight1, m.weight2, strconv.Quote(renderPath), sequence, frameStart, frameEnd)
 }
+
+// hashRun is a run of "#" in a frame pattern.
+var hashRun = regexp.MustCompile(`#+`)
 
 // run renders the merge. A single merge renders into a temporary directory
 // next to the output and moves the result into place, so a failed merge
@@ -135,7 +132,8 @@ func (m *exrMerge) run(ctx context.Context, c *cmdCtx) error {
 		if err := c.subprocess(ctx, m.argv(m.output), nil); err != nil {
 			return err
 		}
-		for _, f := range sequenceFiles(m.output) {
+		matches, _ := filepath.Glob(hashRun.ReplaceAllString(m.output, "*"))
+		for _, f := range matches {
 			c.outputProduced(f)
 		}
 		return nil
@@ -146,10 +144,10 @@ func (m *exrMerge) run(ctx context.Context, c *cmdCtx) error {
 	}
 	defer os.RemoveAll(tmp)
 	c.activity("Starting Blender to merge EXR files")
-	if err := c.subprocess(ctx, m.argv(filepath.ToSlash(filepath.Join(tmp, "merged0001.exr"))), nil); err != nil {
+	merged := filepath.Join(tmp, "merged0001.exr")
+	if err := c.subprocess(ctx, m.argv(filepath.ToSlash(merged)), nil); err != nil {
 		return err
 	}
-	merged := filepath.Join(tmp, "merged0001.exr")
 	c.logf("Moving %s to %s", merged, m.output)
 	if err := os.Rename(merged, m.output); err != nil {
 		return fmt.Errorf("moving the merged file into place: %w", err)
@@ -157,119 +155,3 @@ func (m *exrMerge) run(ctx context.Context, c *cmdCtx) error {
 	c.outputProduced(m.output)
 	return nil
 }
-
-var hashRun = regexp.MustCompile(`#+`)
-
-// sequenceFiles lists the files a #-pattern matches, sorted.
-func sequenceFiles(pattern string) []string {
-	matches, _ := filepath.Glob(hashRun.ReplaceAllString(pattern, "*"))
-	return matches
-}
-
-// exrMergeScript runs inside Blender 2.8x–4.x. It builds the compositor
-// graph of the Python worker's merge-exr.blend: two Image nodes (image1,
-// image2) and two weights (weight1, weight2), and writes their weighted
-// average, alpha included: (image1·weight1 + image2·weight2) / (weight1 +
-// weight2), as a 32-bit float EXR at the first image's resolution.
-const exrMergeScript = `
-import bpy, sys
-try:
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.engine = 'BLENDER_WORKBENCH'
-    scene.use_nodes = True
-    tree = scene.node_tree
-    for node in list(tree.nodes):
-        tree.nodes.remove(node)
-
-    def image_node(name, path):
-        img = bpy.data.images.load(path, check_existing=False)
-        if $SEQUENCE:
-            img.source = 'SEQUENCE'
-        node = tree.nodes.new('CompositorNodeImage')
-        node.name = name
-        node.image = img
-        if $SEQUENCE:
-            node.frame_duration = $FRAME_END - $FRAME_START + 1
-            node.frame_start = $FRAME_START
-            node.frame_offset = $FRAME_START - 1
-        return node, img
-
-    def value_node(name, value):
-        node = tree.nodes.new('CompositorNodeValue')
-        node.name = name
-        node.outputs[0].default_value = value
-        return node
-
-    def math(op, a, b):
-        node = tree.nodes.new('CompositorNodeMath')
-        node.operation = op
-        for i, v in enumerate((a, b)):
-            if isinstance(v, (int, float)):
-                node.inputs[i].default_value = v
-            else:
-                tree.links.new(v, node.inputs[i])
-        return node.outputs[0]
-
-    def separate(image_output):
-        try:
-            node = tree.nodes.new('CompositorNodeSeparateColor')
-        except RuntimeError:
-            node = tree.nodes.new('CompositorNodeSepRGBA')
-        tree.links.new(image_output, node.inputs[0])
-        return node.outputs[3]
-
-    image1, img1 = image_node('image1', $INPUT1)
-    image2, img2 = image_node('image2', $INPUT2)
-    weight1 = value_node('weight1', $WEIGHT1)
-    weight2 = value_node('weight2', $WEIGHT2)
-    total = math('ADD', weight1.outputs[0], weight2.outputs[0])
-    factor = math('DIVIDE', weight2.outputs[0], total)
-
-    # Colour: a Mix node with factor w2/(w1+w2) is exactly the weighted average.
-    mix = tree.nodes.new('CompositorNodeMixRGB')
-    mix.blend_type = 'MIX'
-    mix.use_alpha = False
-    tree.links.new(factor, mix.inputs[0])
-    tree.links.new(image1.outputs['Image'], mix.inputs[1])
-    tree.links.new(image2.outputs['Image'], mix.inputs[2])
-
-    # Alpha: the Mix node keeps image1's, so average it separately.
-    alpha1 = math('MULTIPLY', separate(image1.outputs['Image']), weight1.outputs[0])
-    alpha2 = math('MULTIPLY', separate(image2.outputs['Image']), weight2.outputs[0])
-    alpha = math('DIVIDE', math('ADD', alpha1, alpha2), total)
-    set_alpha = tree.nodes.new('CompositorNodeSetAlpha')
-    if hasattr(set_alpha, 'mode'):
-        set_alpha.mode = 'REPLACE_ALPHA'
-    tree.links.new(mix.outputs[0], set_alpha.inputs['Image'])
-    tree.links.new(alpha, set_alpha.inputs['Alpha'])
-
-    composite = tree.nodes.new('CompositorNodeComposite')
-    composite.use_alpha = True
-    tree.links.new(set_alpha.outputs[0], composite.inputs['Image'])
-
-    render = scene.render
-    render.resolution_x, render.resolution_y = img1.size[0], img1.size[1]
-    render.resolution_percentage = 100
-    if hasattr(render, 'tile_x'):
-        render.tile_x, render.tile_y = img1.size[0], img1.size[1]
-    render.film_transparent = True
-    render.use_compositing = True
-    render.use_sequencer = False
-    settings = render.image_settings
-    settings.file_format = 'OPEN_EXR'
-    settings.color_mode = 'RGBA'
-    settings.color_depth = '32'
-    settings.exr_codec = 'ZIP'
-    render.filepath = $RENDER_PATH
-    scene.frame_start, scene.frame_end = $FRAME_START, $FRAME_END
-    if $SEQUENCE:
-        bpy.ops.render.render(animation=True)
-    else:
-        scene.frame_set(1)
-        bpy.ops.render.render(write_still=True)
-except Exception:
-    import traceback
-    traceback.print_exc()
-    sys.exit(47)
-`

@@ -50,7 +50,7 @@ func TestMergeArgvAndScript(t *testing.T) {
 		t.Errorf("argv = %q", argv)
 	}
 	script := argv[len(argv)-1]
-	for _, s := range []string{`image_node('image1', "/r/it's €.exr")`, `value_node('weight1', 20)`, `render.filepath = '/tmp/x/merged'`} {
+	for _, s := range []string{"\ndef main(", "\nmain(\"/r/it's €.exr\", \"/r/b.exr\", 20, 100, \"/tmp/x/merged\", False, 1, 1)\n"} {
 		if !strings.Contains(script, s) {
 			t.Errorf("script lacks %s", s)
 		}
@@ -67,7 +67,7 @@ func mergeTestEXRs(t *testing.T, exe string, colours map[string][4]float64) {
 			"img = bpy.data.images.new('x', 32, 24, alpha=True, float_buffer=True)\n"+
 			"img.pixels = [%g, %g, %g, %g] * (32 * 24)\n"+
 			"img.filepath_raw = %[1]s\nimg.file_format = 'OPEN_EXR'\nimg.save()\n",
-			blenderPyQuote(path), c[0], c[1], c[2], c[3])
+			strconv.Quote(path), c[0], c[1], c[2], c[3])
 	}
 	out, err := exec.Command(exe, "--factory-startup", "-noaudio", "--background", "--python-exit-code", "1", "--python-expr", b.String()).CombinedOutput()
 	if err != nil {
@@ -81,7 +81,7 @@ func mergeTestPixels(t *testing.T, exe string, paths ...string) [][4]float64 {
 	var b strings.Builder
 	b.WriteString("import bpy\n")
 	for _, p := range paths {
-		fmt.Fprintf(&b, "print('PIXEL', *bpy.data.images.load(%s).pixels[0:4])\n", blenderPyQuote(p))
+		fmt.Fprintf(&b, "print('PIXEL', *bpy.data.images.load(%s).pixels[0:4])\n", strconv.Quote(p))
 	}
 	out, err := exec.Command(exe, "--factory-startup", "-noaudio", "--background", "--python-exit-code", "1", "--python-expr", b.String()).CombinedOutput()
 	if err != nil {
