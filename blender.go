@@ -21,8 +21,7 @@ import (
 //go:embed exr_sequence_to_jpeg.py
 var exrSequenceToJPEGScript string
 
-// blenderRender is a validated blender_render command (and the shared part
-// of the other Blender commands).
+// blenderRender is a validated blender_render command, the shared part of the others.
 type blenderRender struct {
 	cmd          []string // blender_cmd, split
 	filepath     string   // the blend file
@@ -31,13 +30,6 @@ type blenderRender struct {
 	renderOutput string
 	format       string // already mapped to Blender's CLI name
 	frames       string
-}
-
-// blenderCLIFormats maps the image format names of Blender's DNA (what the
-// Server sends) to the names its --render-format option accepts.
-var blenderCLIFormats = map[string]string{
-	"OPEN_EXR":            "EXR",
-	"OPEN_EXR_MULTILAYER": "MULTILAYER",
 }
 
 func cmdBlenderRender(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
@@ -96,8 +88,10 @@ func validateBlenderRender(ctx context.Context, c *cmdCtx, s settings) (*blender
 	return r, nil
 }
 
+// blenderCLIFormat maps an image format name of Blender's DNA (what the
+// Server sends) to the name --render-format accepts.
 func blenderCLIFormat(format string) string {
-	return cmp.Or(blenderCLIFormats[format], format)
+	return cmp.Or(map[string]string{"OPEN_EXR": "EXR", "OPEN_EXR_MULTILAYER": "MULTILAYER"}[format], format)
 }
 
 // blenderCmd validates the "blender_cmd" setting: it is split shell-style
@@ -114,8 +108,7 @@ func blenderCmd(s settings) ([]string, error) {
 	return argv, nil
 }
 
-// validateBlenderBase is AbstractBlenderCommand.validate: blender_cmd,
-// filepath (with one grace wait for a slow network share), the PID file.
+// validateBlenderBase is AbstractBlenderCommand.validate: blender_cmd, filepath, the PID file.
 func validateBlenderBase(ctx context.Context, c *cmdCtx, s settings) ([]string, string, error) {
 	argv, err := blenderCmd(s)
 	if err != nil {
@@ -292,8 +285,8 @@ func blenderOptionalInt(s settings, key string) (int64, bool, error) {
 	return n, err == nil, err
 }
 
-// argv is the audio mixdown command line: no override file, expression,
-// format or frames, only a script that mixes the scene's sound down to FLAC.
+// argv is the audio mixdown command line: no override file, expression, format or
+// frames. strconv.Quote writes a Python literal: settings are JSON, so valid UTF-8.
 func (a *blenderAudio) argv() []string {
 	lines := []string{"import bpy"}
 	if a.hasStart {
@@ -365,26 +358,21 @@ func (e *blenderExrToJPEG) argv(script string) []string {
 		"--", "--exr-glob", e.exrGlob, "--output-pattern", e.outputPattern)
 }
 
-// blenderWriteTempScript writes a script that ships inside the binary to a
-// temporary file and returns its path; the caller removes it.
+// blenderWriteTempScript writes a script to a temporary file for the caller to remove.
 func blenderWriteTempScript(pattern, contents string) (string, error) {
 	f, err := os.CreateTemp("", pattern)
 	if err != nil {
 		return "", fmt.Errorf("creating script file: %w", err)
 	}
 	_, err = f.WriteString(contents)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err = cmp.Or(err, f.Close()); err != nil {
 		os.Remove(f.Name())
 		return "", fmt.Errorf("writing script file: %w", err)
 	}
 	return f.Name(), nil
 }
 
-// runBlender runs a Blender command line, following its output for
-// progress, produced files and missing-file warnings.
+// runBlender runs Blender, following its output for progress, files and warnings.
 func (c *cmdCtx) runBlender(ctx context.Context, argv []string, frames string) error {
 	c.activity("Starting Blender")
 	c.timing.checkpoint("starting blender")

@@ -21,14 +21,12 @@ var exrMergeScript string
 // exrMerge is a validated merge_progressive_renders or
 // merge_progressive_render_sequence command.
 type exrMerge struct {
-	blender        []string
-	input1, input2 string
-	weight1        int64
-	weight2        int64
-	output         string
-	sequence       bool
-	frameStart     int64
-	frameEnd       int64
+	blender              []string
+	input1, input2       string
+	weight1, weight2     int64
+	output               string
+	sequence             bool
+	frameStart, frameEnd int64
 }
 
 func cmdMergeProgressiveRenders(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {

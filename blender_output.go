@@ -67,9 +67,6 @@ func parseRenderLine(line string) (info renderLine, ok bool) {
 
 // stripBlenderLogPrefix removes a log-category prefix ("render | ") from a line.
 func stripBlenderLogPrefix(line string) string {
-	if strings.HasPrefix(line, "Fra:") {
-		return line
-	}
 	if loc := reBlenderLogPrefix.FindStringIndex(line); loc != nil {
 		return line[loc[1]:]
 	}
@@ -220,8 +217,7 @@ type renderTracker struct {
 	total    int          // frames in frames; 0 = unknown
 	done     map[int]bool // frames finished
 	doneIn   int          // finished frames that are in frames
-	current  int
-	started  bool // current is valid
+	current  int          // -1 before the first "Fra:" line
 	frac     float64
 	last     renderLine // the latest line of the current frame
 	reported float64    // progress already reported; it never goes back
@@ -232,7 +228,7 @@ type renderTracker struct {
 }
 
 func newRenderTracker(c *cmdCtx, frames string) *renderTracker {
-	t := &renderTracker{c: c, done: map[int]bool{}, now: time.Now, actEvery: renderActivityInterval}
+	t := &renderTracker{c: c, done: map[int]bool{}, current: -1, now: time.Now, actEvery: renderActivityInterval}
 	if spec, ok := parseFrameSpec(frames); ok {
 		t.frames, t.total = spec, spec.count()
 	}
@@ -257,7 +253,7 @@ func (t *renderTracker) line(line string) {
 	}
 	if m := reBlenderSaved.FindStringSubmatch(line); m != nil {
 		t.c.outputProduced(m[1])
-		if t.started {
+		if t.current >= 0 {
 			t.frameDone(t.current)
 			t.reportProgress()
 		}
@@ -266,11 +262,11 @@ func (t *renderTracker) line(line string) {
 
 // renderProgress takes in a "Fra:" line.
 func (t *renderTracker) renderProgress(info renderLine) {
-	if !t.started || info.frame != t.current {
-		if t.started {
+	if info.frame != t.current {
+		if t.current >= 0 {
 			t.frameDone(t.current)
 		}
-		t.current, t.started, t.frac = info.frame, true, 0
+		t.current, t.frac = info.frame, 0
 	}
 	t.last = info
 	if f, ok := info.frameFraction(); ok {
@@ -301,7 +297,7 @@ func (t *renderTracker) reportProgress() {
 		return
 	}
 	units := float64(t.doneIn)
-	if t.started && !t.done[t.current] && t.frames.contains(t.current) {
+	if !t.done[t.current] && t.frames.contains(t.current) { // never for current -1
 		units += t.frac
 	}
 	if p := math.Min(units/float64(t.total), 1); p > t.reported {
