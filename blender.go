@@ -146,22 +146,14 @@ func (c *cmdCtx) waitForBlendFile(ctx context.Context, p string) error {
 	return nil
 }
 
-// blenderLastIndexFold is strings.LastIndex ignoring ASCII case; unlike
-// lower-casing first, it keeps byte offsets valid for any UTF-8.
-func blenderLastIndexFold(s, sub string) int {
-	for i := len(s) - len(sub); i >= 0; i-- {
-		if strings.EqualFold(s[i:i+len(sub)], sub) {
-			return i
-		}
-	}
-	return -1
-}
-
 // findOverrideFile returns the Server's RNA override script for a blend
 // file if it exists, logging its contents: the name up to the last ".blend"
 // (any case) plus "-overrides.py".
 func (c *cmdCtx) findOverrideFile(blend string) string {
-	i := blenderLastIndexFold(blend, ".blend")
+	i := len(blend) - len(".blend")
+	for i >= 0 && !strings.EqualFold(blend[i:i+len(".blend")], ".blend") { // lower-casing could move byte offsets
+		i--
+	}
 	if i < 0 {
 		return ""
 	}
@@ -311,12 +303,16 @@ type blenderExrToJPEG struct {
 func cmdExrSequenceToJPEG(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	e, err := validateExrToJPEG(ctx, c, s)
 	return blenderCommand(err, func(ctx context.Context) error {
-		script, err := blenderWriteTempScript("flamenco-exr-sequence-to-jpeg-*.py", exrSequenceToJPEGScript)
+		f, err := os.CreateTemp("", "flamenco-exr-sequence-to-jpeg-*.py")
 		if err != nil {
-			return err
+			return fmt.Errorf("creating script file: %w", err)
 		}
-		defer os.Remove(script)
-		return c.renderBlend(ctx, &e.blenderRender, func() []string { return e.argv(script) })
+		defer os.Remove(f.Name())
+		_, err = f.WriteString(exrSequenceToJPEGScript)
+		if err = cmp.Or(err, f.Close()); err != nil {
+			return fmt.Errorf("writing script file: %w", err)
+		}
+		return c.renderBlend(ctx, &e.blenderRender, func() []string { return e.argv(f.Name()) })
 	})
 }
 
@@ -356,20 +352,6 @@ func (e *blenderExrToJPEG) argv(script string) []string {
 	return append(e.blenderRender.argv(),
 		"--python-exit-code", "32", "--python", script,
 		"--", "--exr-glob", e.exrGlob, "--output-pattern", e.outputPattern)
-}
-
-// blenderWriteTempScript writes a script to a temporary file for the caller to remove.
-func blenderWriteTempScript(pattern, contents string) (string, error) {
-	f, err := os.CreateTemp("", pattern)
-	if err != nil {
-		return "", fmt.Errorf("creating script file: %w", err)
-	}
-	_, err = f.WriteString(contents)
-	if err = cmp.Or(err, f.Close()); err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("writing script file: %w", err)
-	}
-	return f.Name(), nil
 }
 
 // runBlender runs Blender, following its output for progress, files and warnings.

@@ -98,20 +98,17 @@ func mergePath(s settings, key string) (string, error) {
 	return filepath.ToSlash(p), nil
 }
 
-// argv runs Blender without a blend file: the script builds the scene.
+// argv runs Blender without a blend file: the script builds the scene, and
+// the call to its main() has every value as a Python literal.
 func (m *exrMerge) argv(renderPath string) []string {
-	return slices.Concat(m.blender, []string{"--factory-startup", "--enable-autoexec", "-noaudio",
-		"--background", "--python-exit-code", "47", "--python-expr", m.script(renderPath)})
-}
-
-// script is the merge script plus its call, every value a Python literal.
-func (m *exrMerge) script(renderPath string) string {
 	frameStart, frameEnd, sequence := int64(1), int64(1), "False"
 	if m.sequence {
 		frameStart, frameEnd, sequence = m.frameStart, m.frameEnd, "True"
 	}
-	return exrMergeScript + fmt.Sprintf("\nmain(%s, %s, %d, %d, %s, %s, %d, %d)\n", strconv.Quote(m.input1),
+	script := exrMergeScript + fmt.Sprintf("\nmain(%s, %s, %d, %d, %s, %s, %d, %d)\n", strconv.Quote(m.input1),
 		strconv.Quote(m.input2), m.weight1, m.weight2, strconv.Quote(renderPath), sequence, frameStart, frameEnd)
+	return slices.Concat(m.blender, []string{"--factory-startup", "--enable-autoexec", "-noaudio",
+		"--background", "--python-exit-code", "47", "--python-expr", script})
 }
 
 // hashRun is a run of "#" in a frame pattern.

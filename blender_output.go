@@ -11,10 +11,6 @@ import (
 	"time"
 )
 
-// renderActivityInterval is how often render progress may replace the
-// task's activity; the Manager does not need every sample.
-const renderActivityInterval = 2 * time.Second
-
 var (
 	// A log-category prefix such as Blender 5's "render | ", optionally after a timestamp.
 	reBlenderLogPrefix = regexp.MustCompile(`^\s*(?:[0-9][0-9:.]*\s+)?[A-Za-z][A-Za-z0-9_.]*\s*\|\s*`)
@@ -132,10 +128,6 @@ func (l renderLine) counterText() string {
 	return strings.Join(parts, ", ")
 }
 
-// maxFrameNumber bounds frame numbers in a frame spec (Blender's own
-// limit is about a million), so counting frames cannot overflow.
-const maxFrameNumber = 1 << 30
-
 // frameRange is an inclusive range of frame numbers.
 type frameRange struct{ first, last int }
 
@@ -181,14 +173,15 @@ func parseFramePart(part string) (frameRange, bool) {
 	return frameRange{a, b}, okA && okB && a <= b
 }
 
-// parseFrameNumber accepts plain decimal digits only: a sign would make
-// the frame relative to the scene's range, which we cannot know.
+// parseFrameNumber accepts plain decimal digits only: a sign would make the frame
+// relative to the scene's range, which we cannot know. The bound (Blender's is about
+// a million) keeps frame counts from overflowing.
 func parseFrameNumber(s string) (int, bool) {
 	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
 		return 0, false
 	}
 	n, err := strconv.Atoi(s)
-	return n, err == nil && n <= maxFrameNumber
+	return n, err == nil && n <= 1<<30
 }
 
 func (f frameSpec) count() int {
@@ -223,12 +216,12 @@ type renderTracker struct {
 	reported float64    // progress already reported; it never goes back
 
 	now        func() time.Time
-	actEvery   time.Duration
+	actEvery   time.Duration // how often progress may set the activity; the Manager does not need every sample
 	lastActSet time.Time
 }
 
 func newRenderTracker(c *cmdCtx, frames string) *renderTracker {
-	t := &renderTracker{c: c, done: map[int]bool{}, current: -1, now: time.Now, actEvery: renderActivityInterval}
+	t := &renderTracker{c: c, done: map[int]bool{}, current: -1, now: time.Now, actEvery: 2 * time.Second}
 	if spec, ok := parseFrameSpec(frames); ok {
 		t.frames, t.total = spec, spec.count()
 	}
