@@ -8,7 +8,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -84,31 +83,26 @@ func parseLogging(f *iniFile) logConfig {
 	if root == "" && worker == "" {
 		return logConfig{}
 	}
-	p.c.set, p.c.console, p.c.level = true, levelNotSet, slog.LevelWarn // Python's root logger default
-	if lvl, ok := p.level(root); ok {
-		p.c.level = lvl
-	}
-	if lvl, ok := p.level(worker); ok && lvl != levelNotSet {
+	p.c.set, p.c.console = true, levelNotSet
+	p.c.level = p.level(root, slog.LevelWarn) // Python's root logger default
+	if lvl := p.level(worker, levelNotSet); lvl != levelNotSet {
 		p.c.level = lvl // the more specific logger wins; NOTSET defers to root
 	}
-	var names []string
-	var refs []*iniEntry
-	add := func(logger string) {
+	seen := map[string]bool{}
+	attach := func(logger string) {
 		v, e := p.get(logger, "handlers")
 		for _, n := range splitList(v) {
-			if !slices.Contains(names, n) { // Python would write such a line twice
-				names, refs = append(names, n), append(refs, e)
+			if !seen[n] { // Python would write such a line twice
+				seen[n] = true
+				p.handler(n, e)
 			}
 		}
 	}
 	if worker != "" {
-		add(worker)
+		attach(worker)
 	}
 	if worker == "" || p.propagates(worker) {
-		add(root)
-	}
-	for i, n := range names {
-		p.handler(n, refs[i])
+		attach(root)
 	}
 	return p.c
 }
@@ -163,17 +157,18 @@ func (p *logParser) warnf(e *iniEntry, format string, args ...any) {
 	p.c.warnings = append(p.c.warnings, e.errorf(format, args...).Error())
 }
 
-// level reads a section's level key, if it has a valid one.
-func (p *logParser) level(section string) (slog.Level, bool) {
+// level reads a section's level key; def if it has no valid one.
+func (p *logParser) level(section string, def slog.Level) slog.Level {
 	v, e := p.get(section, "level")
 	if e == nil {
-		return 0, false
+		return def
 	}
 	lvl, err := parsePyLevel(v)
 	if err != nil {
 		p.warnf(e, "[%s] level: %v; ignored", section, err)
+		return def
 	}
-	return lvl, err == nil
+	return lvl
 }
 
 // propagates reads a logger's propagate key (default 1).
@@ -216,42 +211,41 @@ func splitList(v string) []string {
 // handler reads [handler_<name>]; ref is the handlers= entry naming it.
 func (p *logParser) handler(name string, ref *iniEntry) {
 	sect := "handler_" + name
-	if p.f.byName[sect] == nil {
+	class, ce := p.get(sect, "class") // nil when there is no such section
+	switch base := strings.TrimPrefix(strings.TrimPrefix(class, "logging."), "handlers."); {
+	case p.f.byName[sect] == nil:
 		p.warnf(ref, "handler %q has no [%s] section; ignored", name, sect)
-		return
-	}
-	class, ce := p.get(sect, "class")
-	if ce == nil {
+	case ce == nil:
 		p.warnf(ref, "[%s] has no class; ignored", sect)
-		return
-	}
-	base := strings.TrimPrefix(strings.TrimPrefix(class, "logging."), "handlers.")
-	params, ok := handlerParams[base]
-	if !ok {
+	case handlerParams[base] == nil:
 		p.warnf(ce, "[%s] class %s is not supported; the worker does not log to this handler", sect, class)
-		return
-	}
-	args, err := p.handlerArgs(sect, params)
-	if err == nil {
-		level := levelNotSet
-		if lvl, ok := p.level(sect); ok {
-			level = lvl
-		}
-		switch base {
-		case "NullHandler":
-		case "StreamHandler": // sys.stderr (the default) or sys.stdout: both are the worker's stderr
-			p.c.console = max(p.c.console, level)
-		default:
-			var fc fileConfig
-			if fc, err = newFileConfig(name, base, args); err == nil {
-				fc.level = level
-				p.c.files = append(p.c.files, fc)
-			}
+	default:
+		if err := p.attach(name, base, sect); err != nil {
+			p.warnf(ce, "[%s] %s: %v; the worker does not log to this handler", sect, class, err)
 		}
 	}
+}
+
+// attach adds the handler of class base to the config.
+func (p *logParser) attach(name, base, sect string) error {
+	args, err := p.handlerArgs(sect, handlerParams[base])
 	if err != nil {
-		p.warnf(ce, "[%s] %s: %v; the worker does not log to this handler", sect, class, err)
+		return err
 	}
+	level := p.level(sect, levelNotSet)
+	switch base {
+	case "NullHandler":
+	case "StreamHandler": // sys.stderr (the default) or sys.stdout: both are the worker's stderr
+		p.c.console = max(p.c.console, level)
+	default:
+		fc, err := newFileConfig(name, base, args)
+		fc.level = level
+		if err == nil {
+			p.c.files = append(p.c.files, fc)
+		}
+		return err
+	}
+	return nil
 }
 
 // handlerArgs parses args (a tuple) and kwargs (a dict) and binds them to
@@ -363,20 +357,20 @@ var pyToken = regexp.MustCompile(`^(?s:(?i:(r|u|b|rb|br)?)('(?:[^'\\]|\\.)*'|"(?
 // keeps unknown ones as written.
 var pyEscapes = strings.NewReplacer(`\\`, `\`, `\'`, `'`, `\"`, `"`, `\n`, "\n", `\t`, "\t", `\r`, "\r")
 
-// pyTok is a token; kind is '\” for a string, '0' a number, 'a' a name,
-// the character itself for punctuation, and 0 at the end.
+// pyTok is a token. Its kind is 's' for a string, '0' a number, 'a' a
+// name, the character itself for punctuation, and 0 at the end.
 type pyTok struct {
-	kind     byte
-	text     string // a string's value; the token as written otherwise
-	pos, end int
+	kind byte
+	text string // a string's value; the token as written otherwise
+	pos  int
 }
 
-// pyTokens splits s into tokens, ending with the end token.
+// pyTokens splits s into tokens, the end token last.
 func pyTokens(s string) ([]pyTok, error) {
 	var toks []pyTok
 	for i := 0; ; {
 		if i = len(s) - len(strings.TrimLeft(s[i:], " \t\r\n")); i == len(s) {
-			return append(toks, pyTok{pos: i, end: i}), nil
+			return append(toks, pyTok{pos: i}), nil
 		}
 		m := pyToken.FindStringSubmatchIndex(s[i:])
 		switch {
@@ -385,10 +379,10 @@ func pyTokens(s string) ([]pyTok, error) {
 		case m == nil:
 			return nil, fmt.Errorf("unexpected %s", clip(s[i:]))
 		}
-		t := pyTok{kind: s[i], text: s[i : i+m[1]], pos: i, end: i + m[1]}
+		t := pyTok{kind: s[i], text: s[i : i+m[1]], pos: i}
 		switch {
 		case m[4] >= 0:
-			t.kind, t.text = '\'', s[i+m[4]+1:i+m[5]-1]
+			t.kind, t.text = 's', s[i+m[4]+1:i+m[5]-1]
 			if !strings.ContainsAny(s[i:i+m[4]], "rR") {
 				t.text = pyEscapes.Replace(t.text)
 			}
@@ -397,14 +391,13 @@ func pyTokens(s string) ([]pyTok, error) {
 		case m[8] >= 0:
 			t.kind = 'a'
 		}
-		toks, i = append(toks, t), t.end
+		toks, i = append(toks, t), i+m[1]
 	}
 }
 
 type pyParser struct {
 	s    string
 	toks []pyTok // what is left, the end token last
-	end  int     // where the last token taken ends
 }
 
 // parsePyLiteral reads a Python literal: strings, numbers, True, False,
@@ -428,7 +421,6 @@ func (p *pyParser) next() pyTok {
 	if len(p.toks) > 1 {
 		p.toks = p.toks[1:]
 	}
-	p.end = t.end
 	return t
 }
 
@@ -436,14 +428,10 @@ func (p *pyParser) value() (any, error) {
 	switch t := p.next(); t.kind {
 	case 0:
 		return nil, errors.New("unexpected end")
-	case '(':
-		return p.seq(')')
-	case '[':
-		return p.seq(']')
-	case '{':
-		return p.dict()
-	case '\'':
-		for p.toks[0].kind == '\'' { // 'a' 'b' is 'ab'
+	case '(', '[', '{':
+		return p.container(t.kind)
+	case 's':
+		for p.toks[0].kind == 's' { // 'a' 'b' is 'ab'
 			t.text += p.next().text
 		}
 		return t.text, nil
@@ -456,82 +444,60 @@ func (p *pyParser) value() (any, error) {
 		}
 		return nil, fmt.Errorf("bad number %s", clip(t.text))
 	case 'a':
-		return p.name(t)
+		if v, ok := map[string]any{"True": true, "False": false, "None": nil}[t.text]; ok {
+			return v, nil
+		}
+		if p.toks[0].kind != '(' {
+			return pyName(t.text), nil
+		}
+		p.next()
+		if _, err := p.container('('); err != nil {
+			return nil, err
+		}
+		return pyName(strings.TrimSpace(p.s[t.pos:p.toks[0].pos])), nil // a call
 	default:
 		return nil, fmt.Errorf("unexpected %s", clip(p.s[t.pos:]))
 	}
 }
 
-// items reads comma-separated items with item up to end; comma reports a
-// comma after the last one.
-func (p *pyParser) items(end byte, item func() error) (comma bool, err error) {
+// container reads the items of a tuple, list or dict after its opening
+// bracket; (x) without a comma is just x.
+func (p *pyParser) container(open byte) (any, error) {
+	end := map[byte]byte{'(': ')', '[': ']', '{': '}'}[open]
+	items, dict, comma := []any{}, map[string]any{}, false
 	for p.toks[0].kind != end {
-		if err := item(); err != nil {
-			return false, err
+		v, err := p.value()
+		if err != nil {
+			return nil, err
 		}
+		if open == '{' {
+			key, ok := v.(string)
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("dict key %v is not a string", v)
+			case p.next().kind != ':':
+				return nil, fmt.Errorf("expected ':' after %q", key)
+			}
+			if dict[key], err = p.value(); err != nil {
+				return nil, err
+			}
+		}
+		items = append(items, v)
 		if comma = p.toks[0].kind == ','; !comma {
 			break
 		}
 		p.next()
 	}
 	if t := p.next(); t.kind != end {
-		return false, fmt.Errorf("expected ',' or '%c' at %s", end, clip(p.s[t.pos:]))
+		return nil, fmt.Errorf("expected ',' or '%c' at %s", end, clip(p.s[t.pos:]))
 	}
-	return comma, nil
-}
-
-// seq reads a tuple or list; (x) without a comma is just x.
-func (p *pyParser) seq(end byte) (any, error) {
-	items := []any{}
-	comma, err := p.items(end, func() error {
-		v, err := p.value()
-		items = append(items, v)
-		return err
-	})
 	switch {
-	case err != nil:
-		return nil, err
-	case end == ')' && len(items) == 1 && !comma:
+	case open == '{':
+		return dict, nil
+	case open == '(' && len(items) == 1 && !comma:
 		return items[0], nil
 	}
 	return items, nil
-}
-
-func (p *pyParser) dict() (any, error) {
-	d := map[string]any{}
-	_, err := p.items('}', func() error {
-		k, err := p.value()
-		key, ok := k.(string)
-		switch {
-		case err != nil:
-			return err
-		case !ok:
-			return fmt.Errorf("dict key %v is not a string", k)
-		case p.next().kind != ':':
-			return fmt.Errorf("expected ':' after %q", key)
-		}
-		d[key], err = p.value()
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return d, nil
-}
-
-// name reads True, False, None, a name or a call.
-func (p *pyParser) name(t pyTok) (any, error) {
-	if v, ok := map[string]any{"True": true, "False": false, "None": nil}[t.text]; ok {
-		return v, nil
-	}
-	if p.toks[0].kind != '(' {
-		return pyName(t.text), nil
-	}
-	p.next()
-	if _, err := p.seq(')'); err != nil {
-		return nil, err
-	}
-	return pyName(p.s[t.pos:p.end]), nil
 }
 
 // ---------------------------------------------------------------------------
@@ -558,14 +524,14 @@ func newLogSetup(lc logConfig, stderr io.Writer, debug bool, now func() time.Tim
 	errHandler := newStderrHandler(stderr, errLevel, os.Getenv)
 	report := slog.New(errHandler) // about the files, so to stderr only
 	s := &logSetup{logger: report}
-	hs := fanout{errHandler}
+	hs := []slog.Handler{errHandler}
 	for _, fc := range lc.files {
 		lf := openLogFile(fc, now, report)
 		s.files = append(s.files, lf)
 		hs = append(hs, slog.NewTextHandler(lf, &slog.HandlerOptions{Level: max(level, fc.level)}))
 	}
 	if len(hs) > 1 {
-		s.logger = slog.New(hs)
+		s.logger = slog.New(slog.NewMultiHandler(hs...))
 	}
 	for _, w := range lc.warnings {
 		s.logger.Warn(w)
@@ -595,39 +561,6 @@ func (s *logSetup) close() {
 	for _, lf := range s.files {
 		lf.close()
 	}
-}
-
-// fanout sends each record to every handler that takes its level.
-type fanout []slog.Handler
-
-func (f fanout) Enabled(ctx context.Context, l slog.Level) bool {
-	return slices.ContainsFunc(f, func(h slog.Handler) bool { return h.Enabled(ctx, l) })
-}
-
-func (f fanout) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
-	for _, h := range f {
-		if h.Enabled(ctx, r.Level) {
-			errs = append(errs, h.Handle(ctx, r))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (f fanout) each(with func(slog.Handler) slog.Handler) slog.Handler {
-	g := make(fanout, len(f))
-	for i, h := range f {
-		g[i] = with(h)
-	}
-	return g
-}
-
-func (f fanout) WithAttrs(as []slog.Attr) slog.Handler {
-	return f.each(func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })
-}
-
-func (f fanout) WithGroup(name string) slog.Handler {
-	return f.each(func(h slog.Handler) slog.Handler { return h.WithGroup(name) })
 }
 
 // newStderrHandler writes key=value lines to w; when w is the journal's
@@ -866,13 +799,11 @@ func (lf *logFile) rotateIfDue(n int, now time.Time) {
 			lf.pruneTimed()
 			lf.rolloverAt = lf.nextRollover(now)
 		}
-	case lf.cfg.maxBytes > 0 && lf.cfg.backupCount > 0:
-		if lf.f != nil && lf.size > 0 && lf.size+int64(n) >= lf.cfg.maxBytes {
-			for i := lf.cfg.backupCount - 1; i > 0; i-- { // name.1 becomes name.2 ..., the oldest falling off
-				os.Rename(fmt.Sprintf("%s.%d", lf.cfg.path, i), fmt.Sprintf("%s.%d", lf.cfg.path, i+1))
-			}
-			lf.rotate(lf.cfg.path + ".1")
+	case lf.cfg.maxBytes > 0 && lf.cfg.backupCount > 0 && lf.f != nil && lf.size > 0 && lf.size+int64(n) >= lf.cfg.maxBytes:
+		for i := lf.cfg.backupCount - 1; i > 0; i-- { // name.1 becomes name.2 ..., the oldest falling off
+			os.Rename(fmt.Sprintf("%s.%d", lf.cfg.path, i), fmt.Sprintf("%s.%d", lf.cfg.path, i+1))
 		}
+		lf.rotate(lf.cfg.path + ".1")
 	}
 }
 
@@ -912,58 +843,53 @@ func (lf *logFile) nextRollover(t time.Time) time.Time {
 	case w[0] == 'W':
 		day := (int(t.Weekday()) + 6) % 7 // Monday is 0, as in Python
 		return midnight.AddDate(0, 0, (int(w[1]-'0')-day+7)%7)
-	default:
-		return t.Add(lf.step())
 	}
+	return t.Add(lf.step())
 }
 
-// timedSuffixes are the strftime patterns of TimedRotatingFileHandler's
-// names, in Go's layout, and the regexps that find them when pruning.
-// MIDNIGHT and W0-W6 name files by day.
-var timedSuffixes = map[string]struct {
-	layout string
-	re     *regexp.Regexp
-}{
-	"S": {"2006-01-02_15-04-05", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(\.\w+)?$`)},
-	"M": {"2006-01-02_15-04", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}(\.\w+)?$`)},
-	"H": {"2006-01-02_15", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}(\.\w+)?$`)},
-	"D": {"2006-01-02", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.\w+)?$`)},
+// layout is the suffix of rotated names (strftime in Python): MIDNIGHT and
+// W0-W6 name files by day.
+func (lf *logFile) layout() string {
+	when := lf.cfg.when
+	if len(when) > 1 {
+		when = "D"
+	}
+	return map[string]string{"S": "2006-01-02_15-04-05", "M": "2006-01-02_15-04", "H": "2006-01-02_15", "D": "2006-01-02"}[when]
 }
 
 // timedName names the rotated file after the start of the period that
 // ends at rolloverAt: name.2026-12-01 for the day that just ended.
 func (lf *logFile) timedName() string {
-	start, key := lf.rolloverAt.In(lf.loc()), "D"
+	start := lf.rolloverAt.In(lf.loc())
 	switch w := lf.cfg.when; {
 	case w == "MIDNIGHT":
 		start = start.AddDate(0, 0, -1)
 	case w[0] == 'W':
 		start = start.AddDate(0, 0, -7)
 	default:
-		start, key = start.Add(-lf.step()), w
+		start = start.Add(-lf.step())
 	}
-	return lf.cfg.path + "." + start.Format(timedSuffixes[key].layout)
+	return lf.cfg.path + "." + start.Format(lf.layout())
 }
 
-// pruneTimed deletes the oldest rotated files beyond backupCount.
+// pruneTimed deletes the oldest rotated files beyond backupCount: those
+// whose suffix has digits where the layout has them, and maybe an
+// extension, as Python's extMatch.
 func (lf *logFile) pruneTimed() {
 	if lf.cfg.backupCount <= 0 {
 		return
 	}
 	dir, base := filepath.Split(lf.cfg.path)
+	suffix := regexp.MustCompile(`[0-9]`).ReplaceAllLiteralString(lf.layout(), `[0-9]`)
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(base) + `\.` + suffix + `(\.\w+)?$`)
 	entries, _ := os.ReadDir(dir)
-	re := timedSuffixes[lf.cfg.when].re
-	if len(lf.cfg.when) > 1 {
-		re = timedSuffixes["D"].re
-	}
 	var old []string
 	for _, e := range entries {
-		if s, ok := strings.CutPrefix(e.Name(), base+"."); ok && re.MatchString(s) {
+		if re.MatchString(e.Name()) {
 			old = append(old, e.Name())
 		}
 	}
-	slices.Sort(old)
-	for _, name := range old[:max(len(old)-lf.cfg.backupCount, 0)] {
+	for _, name := range old[:max(len(old)-lf.cfg.backupCount, 0)] { // ReadDir sorts by name
 		os.Remove(filepath.Join(dir, name))
 	}
 }
