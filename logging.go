@@ -20,7 +20,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -98,32 +97,27 @@ func parseLogging(f *iniFile) logConfig {
 			}
 		}
 	}
-	if worker != "" {
-		attach(worker)
-	}
+	attach(worker)
 	if worker == "" || p.propagates(worker) {
 		attach(root)
 	}
 	return p.c
 }
 
-// loggers finds the root logger's section and the flamenco_worker one's:
-// through [loggers] keys as fileConfig does, else by their usual names.
+// loggers finds the root logger's section and the flamenco_worker one's
+// through [loggers] keys, as fileConfig does; without it, by their usual
+// names.
 func (p *logParser) loggers() (root, worker string) {
 	keys, e := p.get("loggers", "keys")
 	if e == nil {
-		if p.f.byName["logger_root"] != nil {
-			root = "logger_root"
-		}
-		if p.f.byName["logger_flamenco_worker"] != nil {
-			worker = "logger_flamenco_worker"
-		}
-		return root, worker
+		keys = "root,flamenco_worker"
 	}
 	for _, k := range splitList(keys) {
 		sect := "logger_" + k
 		if p.f.byName[sect] == nil {
-			p.warnf(e, "[loggers] lists %q but there is no [%s] section; it is ignored", k, sect)
+			if e != nil {
+				p.warnf(e, "[loggers] lists %q but there is no [%s] section; it is ignored", k, sect)
+			}
 			continue
 		}
 		if k == "root" {
@@ -357,8 +351,8 @@ var pyToken = regexp.MustCompile(`^(?s:(?i:(r|u|b|rb|br)?)('(?:[^'\\]|\\.)*'|"(?
 // keeps unknown ones as written.
 var pyEscapes = strings.NewReplacer(`\\`, `\`, `\'`, `'`, `\"`, `"`, `\n`, "\n", `\t`, "\t", `\r`, "\r")
 
-// pyTok is a token. Its kind is 's' for a string, '0' a number, 'a' a
-// name, the character itself for punctuation, and 0 at the end.
+// pyTok is a token: kind is 's' for a string, '0' a number, 'a' a name,
+// the character itself for punctuation, 0 at the end.
 type pyTok struct {
 	kind byte
 	text string // a string's value; the token as written otherwise
@@ -583,16 +577,13 @@ func newStderrHandler(w io.Writer, level slog.Leveler, getenv func(string) strin
 // names, as sd_journal_stream_fd documents: systemd sets the variable for
 // the unit, but a child may have another stderr.
 func onJournal(w io.Writer, stream string) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
+	if f, ok := w.(*os.File); ok {
+		if info, err := f.Stat(); err == nil {
+			st, ok := info.Sys().(*syscall.Stat_t)
+			return ok && fmt.Sprintf("%d:%d", st.Dev, st.Ino) == stream
+		}
 	}
-	info, err := f.Stat()
-	if err != nil {
-		return false
-	}
-	st, ok := info.Sys().(*syscall.Stat_t)
-	return ok && fmt.Sprintf("%d:%d", st.Dev, st.Ino) == stream
+	return false
 }
 
 // journalWriter puts the sd-daemon priority of a line's level (its first
@@ -637,10 +628,8 @@ type logFile struct {
 	cfg     fileConfig
 	now     func() time.Time
 	report  *slog.Logger // stderr only
-	ops     chan func()  // lines to write and calls, in order
-	quit    chan struct{}
+	ops     chan func()  // lines to write and calls, in order; nil ends the writer
 	done    chan struct{}
-	closing sync.Once
 	stalled atomic.Bool // a line was dropped (reported once)
 
 	// Owned by run.
@@ -653,8 +642,7 @@ type logFile struct {
 // openLogFile opens the file and starts its writer. A file that cannot be
 // opened is reported, and tried again on reopen.
 func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logFile {
-	lf := &logFile{cfg: fc, now: now, report: report, ops: make(chan func(), logFileQueue),
-		quit: make(chan struct{}), done: make(chan struct{})}
+	lf := &logFile{cfg: fc, now: now, report: report, ops: make(chan func(), logFileQueue), done: make(chan struct{})}
 	start := now()
 	if info, err := os.Stat(fc.path); err == nil && !fc.truncate {
 		start = info.ModTime() // as Python: a file last written yesterday rotates at once
@@ -673,7 +661,6 @@ func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logF
 func (lf *logFile) Write(b []byte) (int, error) {
 	line, at := slices.Clone(b), lf.now()
 	select {
-	case <-lf.quit:
 	case lf.ops <- func() { lf.write(line, at) }:
 	default:
 		if !lf.stalled.Swap(true) {
@@ -684,27 +671,17 @@ func (lf *logFile) Write(b []byte) (int, error) {
 }
 
 func (lf *logFile) run() {
-	defer close(lf.done)
-	for {
-		select {
-		case op := <-lf.ops:
-			op()
-		case <-lf.quit:
-			for len(lf.ops) > 0 {
-				(<-lf.ops)()
-			}
-			lf.closeFile()
-			return
-		}
+	for op := <-lf.ops; op != nil; op = <-lf.ops {
+		op()
 	}
+	lf.closeFile()
+	close(lf.done)
 }
 
 // call runs op in the writer, after the lines queued before it.
 func (lf *logFile) call(op func() error) error {
 	reply, stuck := make(chan error, 1), time.After(logFileWait)
 	select {
-	case <-lf.quit:
-		return fmt.Errorf("log file %s is closed", lf.cfg.path)
 	case lf.ops <- func() { reply <- op() }:
 		select {
 		case err := <-reply:
@@ -716,11 +693,17 @@ func (lf *logFile) call(op func() error) error {
 	return fmt.Errorf("log file %s: the writer is stuck", lf.cfg.path)
 }
 
+// close ends the writer after the lines queued before, waiting a bounded
+// time: a hung file system does not hold up the exit.
 func (lf *logFile) close() {
-	lf.closing.Do(func() { close(lf.quit) })
+	timeout := time.After(logFileClose)
 	select {
-	case <-lf.done:
-	case <-time.After(logFileClose): // a hung file system does not hold up the exit
+	case lf.ops <- nil:
+		select {
+		case <-lf.done:
+		case <-timeout:
+		}
+	case <-timeout:
 	}
 }
 
