@@ -88,7 +88,7 @@ func parseLogging(f *iniFile) logConfig {
 		p.c.level = lvl // the more specific logger wins; NOTSET defers to root
 	}
 	seen := map[string]bool{}
-	attach := func(logger string) {
+	addHandlers := func(logger string) {
 		v, e := p.get(logger, "handlers")
 		for _, n := range splitList(v) {
 			if !seen[n] { // Python would write such a line twice
@@ -97,9 +97,9 @@ func parseLogging(f *iniFile) logConfig {
 			}
 		}
 	}
-	attach(worker)
+	addHandlers(worker)
 	if worker == "" || p.propagates(worker) {
-		attach(root)
+		addHandlers(root)
 	}
 	return p.c
 }
@@ -151,18 +151,27 @@ func (p *logParser) warnf(e *iniEntry, format string, args ...any) {
 	p.c.warnings = append(p.c.warnings, e.errorf(format, args...).Error())
 }
 
-// level reads a section's level key; def if it has no valid one.
+// level reads a section's level: a Python level name (also lower case) or
+// number; def if it has no valid one.
 func (p *logParser) level(section string, def slog.Level) slog.Level {
 	v, e := p.get(section, "level")
-	if e == nil {
-		return def
+	names := map[string]int{"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+	n, ok := names[strings.ToUpper(v)]
+	if !ok {
+		var err error
+		n, err = strconv.Atoi(v)
+		ok = err == nil && n >= 0
 	}
-	lvl, err := parsePyLevel(v)
-	if err != nil {
-		p.warnf(e, "[%s] level: %v; ignored", section, err)
+	switch {
+	case e == nil:
 		return def
+	case !ok:
+		p.warnf(e, "[%s] level: unknown level %s (want DEBUG, INFO, WARNING, ERROR or CRITICAL); ignored", section, clip(v))
+		return def
+	case n == 0:
+		return levelNotSet
 	}
-	return lvl
+	return slog.Level((n - 20) * 2 / 5)
 }
 
 // propagates reads a logger's propagate key (default 1).
@@ -173,22 +182,6 @@ func (p *logParser) propagates(section string) bool {
 		p.warnf(e, "[%s] propagate: want 0 or 1, not %s; using 1", section, clip(e.value))
 	}
 	return e == nil || err != nil || n != 0
-}
-
-// parsePyLevel reads a Python level name (also lower case, and numbers).
-func parsePyLevel(v string) (slog.Level, error) {
-	names := map[string]int{"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
-	n, ok := names[strings.ToUpper(v)]
-	if !ok {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 0 {
-			return 0, fmt.Errorf("unknown level %s (want DEBUG, INFO, WARNING, ERROR or CRITICAL)", clip(v))
-		}
-	}
-	if n == 0 {
-		return levelNotSet, nil
-	}
-	return slog.Level((n - 20) * 2 / 5), nil
 }
 
 // splitList splits a comma-separated list, dropping empty items.
@@ -343,9 +336,10 @@ func (a *pyArgs) fail(bad bool, format string, args ...any) {
 // datetime.time(1, 0), kept as text: nothing here evaluates it.
 type pyName string
 
-// pyToken is one token: a string with its prefix (groups 1, 2), a number
-// (3), a name (4), or punctuation.
-var pyToken = regexp.MustCompile(`^(?s:(?i:(r|u|b|rb|br)?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|([-+]?\.?[0-9](?:[eE][-+]|[\w.])*)|([A-Za-z_][\w.]*)|[()\[\]{},:])`)
+// pyToken is one token after blanks (group 1): a string with its prefix
+// (2, 3), a number (4), the quote of an unterminated string, a name (5), or
+// another character.
+var pyToken = regexp.MustCompile(`(?s)\s*((?i:(rb|br|[rub])?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|([-+.0-9](?:[eE][-+]|[0-9._a-fA-FxXoO])*)|(?i:rb|br|[rub])?['"]|([A-Za-z_][\w.]*)|\S)`)
 
 // pyEscapes are the backslash escapes a log file name might use; Python
 // keeps unknown ones as written.
@@ -362,31 +356,22 @@ type pyTok struct {
 // pyTokens splits s into tokens, the end token last.
 func pyTokens(s string) ([]pyTok, error) {
 	var toks []pyTok
-	for i := 0; ; {
-		if i = len(s) - len(strings.TrimLeft(s[i:], " \t\r\n")); i == len(s) {
-			return append(toks, pyTok{pos: i}), nil
-		}
-		m := pyToken.FindStringSubmatchIndex(s[i:])
+	for _, m := range pyToken.FindAllStringSubmatchIndex(s, -1) {
+		t := pyTok{kind: s[m[3]-1], text: s[m[2]:m[3]], pos: m[2]}
 		switch {
-		case m == nil && (s[i] == '\'' || s[i] == '"'):
-			return nil, errors.New("unterminated string")
-		case m == nil:
-			return nil, fmt.Errorf("unexpected %s", clip(s[i:]))
-		}
-		t := pyTok{kind: s[i], text: s[i : i+m[1]], pos: i}
-		switch {
-		case m[4] >= 0:
-			t.kind, t.text = 's', s[i+m[4]+1:i+m[5]-1]
-			if !strings.ContainsAny(s[i:i+m[4]], "rR") {
+		case m[6] >= 0:
+			t.kind, t.text = 's', s[m[6]+1:m[7]-1]
+			if !strings.ContainsAny(s[m[2]:m[6]], "rR") {
 				t.text = pyEscapes.Replace(t.text)
 			}
-		case m[6] >= 0:
-			t.kind = '0'
 		case m[8] >= 0:
+			t.kind = '0'
+		case m[10] >= 0:
 			t.kind = 'a'
 		}
-		toks, i = append(toks, t), i+m[1]
+		toks = append(toks, t)
 	}
+	return append(toks, pyTok{pos: len(s)}), nil
 }
 
 type pyParser struct {
@@ -424,9 +409,14 @@ func (p *pyParser) value() (any, error) {
 		return nil, errors.New("unexpected end")
 	case '(', '[', '{':
 		return p.container(t.kind)
+	case '\'', '"': // that starts no string
+		return nil, errors.New("unterminated string")
 	case 's':
 		for p.toks[0].kind == 's' { // 'a' 'b' is 'ab'
 			t.text += p.next().text
+		}
+		if k := p.toks[0].kind; k == '\'' || k == '"' {
+			return nil, errors.New("unterminated string")
 		}
 		return t.text, nil
 	case '0':
