@@ -87,19 +87,22 @@ func parseLogging(f *iniFile) logConfig {
 	if lvl := p.level(worker, levelNotSet); lvl != levelNotSet {
 		p.c.level = lvl // the more specific logger wins; NOTSET defers to root
 	}
-	seen := map[string]bool{}
-	addHandlers := func(logger string) {
+	var names []string
+	refs := map[string]*iniEntry{} // the handlers= entry naming each
+	add := func(logger string) {
 		v, e := p.get(logger, "handlers")
 		for _, n := range splitList(v) {
-			if !seen[n] { // Python would write such a line twice
-				seen[n] = true
-				p.handler(n, e)
+			if refs[n] == nil { // Python would write such a line twice
+				names, refs[n] = append(names, n), e
 			}
 		}
 	}
-	addHandlers(worker)
+	add(worker)
 	if worker == "" || p.propagates(worker) {
-		addHandlers(root)
+		add(root)
+	}
+	for _, n := range names {
+		p.handler(n, refs[n])
 	}
 	return p.c
 }
@@ -113,22 +116,26 @@ func (p *logParser) loggers() (root, worker string) {
 		keys = "root,flamenco_worker"
 	}
 	for _, k := range splitList(keys) {
-		sect := "logger_" + k
-		if p.f.byName[sect] == nil {
+		switch sect := "logger_" + k; {
+		case p.f.byName[sect] == nil:
 			if e != nil {
 				p.warnf(e, "[loggers] lists %q but there is no [%s] section; it is ignored", k, sect)
 			}
-			continue
-		}
-		if k == "root" {
+		case k == "root":
 			root = sect
-			continue
-		}
-		if q, qe := p.get(sect, "qualname"); q == "flamenco_worker" || qe == nil && k == "flamenco_worker" {
+		case e == nil || p.qualname(sect, k) == "flamenco_worker":
 			worker = sect
 		}
 	}
 	return root, worker
+}
+
+// qualname is a logger's qualname, by default its key in [loggers].
+func (p *logParser) qualname(sect, key string) string {
+	if q, e := p.get(sect, "qualname"); e != nil {
+		return q
+	}
+	return key
 }
 
 // get looks key up in section, then DEFAULT, and expands it
