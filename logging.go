@@ -107,9 +107,8 @@ func parseLogging(f *iniFile) logConfig {
 	return p.c
 }
 
-// loggers finds the root logger's section and the flamenco_worker one's
-// through [loggers] keys, as fileConfig does; without it, by their usual
-// names.
+// loggers finds the sections of the root and flamenco_worker loggers via
+// [loggers] keys, as fileConfig does; without it, by their usual names.
 func (p *logParser) loggers() (root, worker string) {
 	keys, e := p.get("loggers", "keys")
 	if e == nil {
@@ -138,9 +137,8 @@ func (p *logParser) qualname(sect, key string) string {
 	return key
 }
 
-// get looks key up in section, then DEFAULT, and expands it
-// (ExtendedInterpolation, as the Python worker's parser); a bad reference
-// is a warning and an empty value. The entry is nil when key is not set.
+// get looks key up in section, then DEFAULT, and expands it; a bad
+// reference is a warning and an empty value. The entry is nil if unset.
 func (p *logParser) get(section, key string) (string, *iniEntry) {
 	e := p.f.lookup(section, key)
 	if e == nil {
@@ -344,8 +342,8 @@ func (a *pyArgs) fail(bad bool, format string, args ...any) {
 type pyName string
 
 // pyToken is one token after blanks (group 1): a string with its prefix
-// (2, 3), a number (4), the quote of an unterminated string, a name (5), or
-// another character.
+// (2, 3), a number (4), an unterminated string's quote, a name (5), or any
+// other character.
 var pyToken = regexp.MustCompile(`(?s)\s*((?i:(rb|br|[rub])?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|([-+.0-9](?:[eE][-+]|[0-9._a-fA-FxXoO])*)|(?i:rb|br|[rub])?['"]|([A-Za-z_][\w.]*)|\S)`)
 
 // pyEscapes are the backslash escapes a log file name might use; Python
@@ -501,7 +499,7 @@ type logSetup struct {
 }
 
 // newLogSetup builds the logger: stderr at the configured level (debug
-// with -d), each file at the higher of that and its handler's own level.
+// with -d), each file at the higher of that and its handler's own level;
 // now is the clock of timed rotation.
 func newLogSetup(lc logConfig, stderr io.Writer, debug bool, now func() time.Time) *logSetup {
 	level := slog.LevelInfo
@@ -546,8 +544,7 @@ func (s *logSetup) sync() {
 	}
 }
 
-// close writes what is queued and closes the files, waiting a bounded time
-// for a file system that hangs.
+// close writes what is queued and closes the files.
 func (s *logSetup) close() {
 	for _, lf := range s.files {
 		lf.close()
@@ -636,8 +633,8 @@ type logFile struct {
 	rolloverAt time.Time
 }
 
-// openLogFile opens the file and starts its writer. A file that cannot be
-// opened is reported, and tried again on reopen.
+// openLogFile opens the file (or reports why not: reopen tries again) and
+// starts its writer.
 func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logFile {
 	lf := &logFile{cfg: fc, now: now, report: report, ops: make(chan func(), logFileQueue), done: make(chan struct{})}
 	start := now()
@@ -759,8 +756,7 @@ func (lf *logFile) write(line []byte, at time.Time) {
 	}
 }
 
-// checkMoved reopens the file when its name points elsewhere (Python's
-// WatchedFileHandler).
+// checkMoved reopens the file when its name points elsewhere (Python's WatchedFileHandler).
 func (lf *logFile) checkMoved() {
 	info, err := os.Stat(lf.cfg.path)
 	if lf.f != nil && err == nil && os.SameFile(info, lf.info) || lf.f == nil && err != nil {
@@ -805,10 +801,22 @@ func (lf *logFile) loc() *time.Location {
 	return time.Local
 }
 
-// step is the rotation interval of S, M, H and D.
+// timedUnits are the periods of S, M, H and D, and the suffixes of rotated
+// names (strftime in Python); MIDNIGHT and W0-W6 use D's.
+var timedUnits = map[string]struct {
+	step   time.Duration
+	layout string
+}{"S": {time.Second, "2006-01-02_15-04-05"}, "M": {time.Minute, "2006-01-02_15-04"}, "H": {time.Hour, "2006-01-02_15"}, "D": {24 * time.Hour, "2006-01-02"}}
+
 func (lf *logFile) step() time.Duration {
-	unit := map[byte]time.Duration{'S': time.Second, 'M': time.Minute, 'H': time.Hour, 'D': 24 * time.Hour}[lf.cfg.when[0]]
-	return unit * time.Duration(lf.cfg.interval)
+	return timedUnits[lf.cfg.when].step * time.Duration(lf.cfg.interval)
+}
+
+func (lf *logFile) layout() string {
+	if len(lf.cfg.when) > 1 {
+		return timedUnits["D"].layout
+	}
+	return timedUnits[lf.cfg.when].layout
 }
 
 // nextRollover is TimedRotatingFileHandler.computeRollover: the next
@@ -825,16 +833,6 @@ func (lf *logFile) nextRollover(t time.Time) time.Time {
 		return midnight.AddDate(0, 0, (int(w[1]-'0')-day+7)%7)
 	}
 	return t.Add(lf.step())
-}
-
-// layout is the suffix of rotated names (strftime in Python): MIDNIGHT and
-// W0-W6 name files by day.
-func (lf *logFile) layout() string {
-	when := lf.cfg.when
-	if len(when) > 1 {
-		when = "D"
-	}
-	return map[string]string{"S": "2006-01-02_15-04-05", "M": "2006-01-02_15-04", "H": "2006-01-02_15", "D": "2006-01-02"}[when]
 }
 
 // timedName names the rotated file after the start of the period that
