@@ -359,10 +359,10 @@ type pyTok struct {
 }
 
 // pyTokens splits s into tokens, the end token last.
-func pyTokens(s string) ([]pyTok, error) {
+func pyTokens(s string) []pyTok {
 	var toks []pyTok
 	for _, m := range pyToken.FindAllStringSubmatchIndex(s, -1) {
-		t := pyTok{kind: s[m[3]-1], text: s[m[2]:m[3]], pos: m[2]}
+		t := pyTok{kind: s[m[3]-1], text: s[m[2]:m[3]], pos: m[2]} // r' is a quote
 		switch {
 		case m[6] >= 0:
 			t.kind, t.text = 's', s[m[6]+1:m[7]-1]
@@ -376,7 +376,7 @@ func pyTokens(s string) ([]pyTok, error) {
 		}
 		toks = append(toks, t)
 	}
-	return append(toks, pyTok{pos: len(s)}), nil
+	return append(toks, pyTok{pos: len(s)})
 }
 
 type pyParser struct {
@@ -388,11 +388,7 @@ type pyParser struct {
 // None, names, and tuples, lists and dicts of them. Tuples and lists
 // become []any, dicts map[string]any, integers int64.
 func parsePyLiteral(s string) (any, error) {
-	toks, err := pyTokens(s)
-	if err != nil {
-		return nil, err
-	}
-	p := &pyParser{s: s, toks: toks}
+	p := &pyParser{s: s, toks: pyTokens(s)}
 	v, err := p.value()
 	if err == nil && p.toks[0].kind != 0 {
 		return nil, fmt.Errorf("unexpected %s", clip(s[p.toks[0].pos:]))
