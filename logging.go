@@ -7,19 +7,19 @@ package main
 // gets the same key=value lines as stderr.
 
 import (
-	"context"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -83,138 +83,110 @@ func parseLogging(f *iniFile) logConfig {
 		return logConfig{}
 	}
 	p.c.set, p.c.console = true, levelNotSet
-	p.c.level = slog.LevelWarn // Python's root logger default
-	if lvl, ok := p.level(root); ok {
-		p.c.level = lvl
-	}
-	if lvl, ok := p.level(worker); ok && lvl != levelNotSet {
+	p.c.level = p.level(root, slog.LevelWarn) // Python's root logger default
+	if lvl := p.level(worker, levelNotSet); lvl != levelNotSet {
 		p.c.level = lvl // the more specific logger wins; NOTSET defers to root
 	}
 	var names []string
-	var refs []*iniEntry
+	refs := map[string]*iniEntry{} // the handlers= entry naming each
 	add := func(logger string) {
-		e := p.entry(logger, "handlers")
-		for _, n := range splitList(p.value(logger, e)) {
-			if !slices.Contains(names, n) { // Python would write such a line twice
-				names, refs = append(names, n), append(refs, e)
+		v, e := p.get(logger, "handlers")
+		for _, n := range splitList(v) {
+			if refs[n] == nil { // Python would write such a line twice
+				names, refs[n] = append(names, n), e
 			}
 		}
 	}
-	if worker != "" {
-		add(worker)
-	}
+	add(worker)
 	if worker == "" || p.propagates(worker) {
 		add(root)
 	}
-	for i, n := range names {
-		p.handler(n, refs[i])
+	for _, n := range names {
+		p.handler(n, refs[n])
 	}
 	return p.c
 }
 
-// loggers finds the root logger's section and the flamenco_worker one's:
-// through [loggers] keys as fileConfig does, else by their usual names.
+// loggers finds the sections of the root and flamenco_worker loggers via
+// [loggers] keys, as fileConfig does; without it, by their usual names.
 func (p *logParser) loggers() (root, worker string) {
-	keys := p.entry("loggers", "keys")
-	if keys == nil {
-		if p.f.byName["logger_root"] != nil {
-			root = "logger_root"
-		}
-		if p.f.byName["logger_flamenco_worker"] != nil {
-			worker = "logger_flamenco_worker"
-		}
-		return root, worker
+	keys, e := p.get("loggers", "keys")
+	if e == nil {
+		keys = "root,flamenco_worker"
 	}
-	for _, k := range splitList(p.value("loggers", keys)) {
-		sect := "logger_" + k
-		if p.f.byName[sect] == nil {
-			p.warnf(keys, "[loggers] lists %q but there is no [%s] section; it is ignored", k, sect)
-			continue
-		}
-		if k == "root" {
+	for _, k := range splitList(keys) {
+		switch sect := "logger_" + k; {
+		case p.f.byName[sect] == nil:
+			if e != nil {
+				p.warnf(e, "[loggers] lists %q but there is no [%s] section; it is ignored", k, sect)
+			}
+		case k == "root":
 			root = sect
-			continue
-		}
-		qualname := k
-		if e := p.entry(sect, "qualname"); e != nil {
-			qualname = p.value(sect, e)
-		}
-		if qualname == "flamenco_worker" {
+		case e == nil || p.qualname(sect, k) == "flamenco_worker":
 			worker = sect
 		}
 	}
 	return root, worker
 }
 
-// entry looks key up in section, then DEFAULT, as configparser does.
-func (p *logParser) entry(section, key string) *iniEntry {
-	if section == "" {
-		return nil
+// qualname is a logger's qualname, by default its key in [loggers].
+func (p *logParser) qualname(sect, key string) string {
+	if q, e := p.get(sect, "qualname"); e != nil {
+		return q
 	}
-	return p.f.lookup(section, key)
+	return key
 }
 
-// value expands e (ExtendedInterpolation, as the Python worker's parser);
-// a bad reference is a warning and an empty value.
-func (p *logParser) value(section string, e *iniEntry) string {
+// get looks key up in section, then DEFAULT, and expands it; a bad
+// reference is a warning and an empty value. The entry is nil if unset.
+func (p *logParser) get(section, key string) (string, *iniEntry) {
+	e := p.f.lookup(section, key)
 	if e == nil {
-		return ""
+		return "", nil
 	}
 	v, err := p.f.expand(section, e)
 	if err != nil {
 		p.c.warnings = append(p.c.warnings, err.Error()+"; ignored")
-		return ""
+		return "", e
 	}
-	return strings.TrimSpace(v)
+	return strings.TrimSpace(v), e
 }
 
 func (p *logParser) warnf(e *iniEntry, format string, args ...any) {
 	p.c.warnings = append(p.c.warnings, e.errorf(format, args...).Error())
 }
 
-// level reads a section's level key, if it has a valid one.
-func (p *logParser) level(section string) (slog.Level, bool) {
-	e := p.entry(section, "level")
-	if e == nil {
-		return 0, false
-	}
-	v := p.value(section, e)
-	lvl, err := parsePyLevel(v)
-	if err != nil {
-		p.warnf(e, "[%s] level: %v; ignored", section, err)
-		return 0, false
-	}
-	return lvl, true
-}
-
-// propagates reads a logger's propagate key (default 1).
-func (p *logParser) propagates(section string) bool {
-	e := p.entry(section, "propagate")
-	if e == nil {
-		return true
-	}
-	n, err := strconv.Atoi(p.value(section, e))
-	if err != nil {
-		p.warnf(e, "[%s] propagate: want 0 or 1, not %s; using 1", section, clip(e.value))
-		return true
-	}
-	return n != 0
-}
-
-// parsePyLevel reads a Python level name (also lower case, and numbers).
-func parsePyLevel(v string) (slog.Level, error) {
+// level reads a section's level: a Python level name (also lower case) or
+// number; def if it has no valid one.
+func (p *logParser) level(section string, def slog.Level) slog.Level {
+	v, e := p.get(section, "level")
 	names := map[string]int{"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARNING": 30, "WARN": 30, "INFO": 20, "DEBUG": 10, "NOTSET": 0}
 	n, ok := names[strings.ToUpper(v)]
 	if !ok {
 		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 0 {
-			return 0, fmt.Errorf("unknown level %s (want DEBUG, INFO, WARNING, ERROR or CRITICAL)", clip(v))
-		}
+		n, err = strconv.Atoi(v)
+		ok = err == nil && n >= 0
 	}
-	if n == 0 {
-		return levelNotSet, nil
+	switch {
+	case e == nil:
+		return def
+	case !ok:
+		p.warnf(e, "[%s] level: unknown level %s (want DEBUG, INFO, WARNING, ERROR or CRITICAL); ignored", section, clip(v))
+		return def
+	case n == 0:
+		return levelNotSet
 	}
-	return slog.Level((n - 20) * 2 / 5), nil
+	return slog.Level((n - 20) * 2 / 5)
+}
+
+// propagates reads a logger's propagate key (default 1).
+func (p *logParser) propagates(section string) bool {
+	v, e := p.get(section, "propagate")
+	n, err := strconv.Atoi(v)
+	if e != nil && err != nil {
+		p.warnf(e, "[%s] propagate: want 0 or 1, not %s; using 1", section, clip(e.value))
+	}
+	return e == nil || err != nil || n != 0
 }
 
 // splitList splits a comma-separated list, dropping empty items.
@@ -231,59 +203,55 @@ func splitList(v string) []string {
 // handler reads [handler_<name>]; ref is the handlers= entry naming it.
 func (p *logParser) handler(name string, ref *iniEntry) {
 	sect := "handler_" + name
-	if p.f.byName[sect] == nil {
+	class, ce := p.get(sect, "class") // nil when there is no such section
+	switch base := strings.TrimPrefix(strings.TrimPrefix(class, "logging."), "handlers."); {
+	case p.f.byName[sect] == nil:
 		p.warnf(ref, "handler %q has no [%s] section; ignored", name, sect)
-		return
-	}
-	ce := p.entry(sect, "class")
-	if ce == nil {
+	case ce == nil:
 		p.warnf(ref, "[%s] has no class; ignored", sect)
-		return
-	}
-	class := p.value(sect, ce)
-	base := strings.TrimPrefix(strings.TrimPrefix(class, "logging."), "handlers.")
-	params, ok := handlerParams[base]
-	if !ok {
+	case handlerParams[base] == nil:
 		p.warnf(ce, "[%s] class %s is not supported; the worker does not log to this handler", sect, class)
-		return
+	default:
+		if err := p.attach(name, base, sect); err != nil {
+			p.warnf(ce, "[%s] %s: %v; the worker does not log to this handler", sect, class, err)
+		}
 	}
-	args, err := p.handlerArgs(sect, params)
+}
+
+// attach adds the handler of class base to the config.
+func (p *logParser) attach(name, base, sect string) error {
+	args, err := p.handlerArgs(sect, handlerParams[base])
 	if err != nil {
-		p.warnf(ce, "[%s] %s: %v; the worker does not log to this handler", sect, class, err)
-		return
+		return err
 	}
-	level := levelNotSet
-	if lvl, ok := p.level(sect); ok {
-		level = lvl
-	}
+	level := p.level(sect, levelNotSet)
 	switch base {
 	case "NullHandler":
-	case "StreamHandler":
-		// sys.stderr (the default) or sys.stdout: both are the worker's stderr.
+	case "StreamHandler": // sys.stderr (the default) or sys.stdout: both are the worker's stderr
 		p.c.console = max(p.c.console, level)
 	default:
 		fc, err := newFileConfig(name, base, args)
-		if err != nil {
-			p.warnf(ce, "[%s] %s: %v; the worker does not log to this handler", sect, class, err)
-			return
-		}
 		fc.level = level
-		p.c.files = append(p.c.files, fc)
+		if err == nil {
+			p.c.files = append(p.c.files, fc)
+		}
+		return err
 	}
+	return nil
 }
 
 // handlerArgs parses args (a tuple) and kwargs (a dict) and binds them to
 // the constructor's parameters, as a Python call would.
 func (p *logParser) handlerArgs(sect string, params []string) (map[string]any, error) {
 	bound := map[string]any{}
-	if e := p.entry(sect, "args"); e != nil {
-		v, err := parsePyLiteral(p.value(sect, e))
+	if v, e := p.get(sect, "args"); e != nil {
+		lit, err := parsePyLiteral(v)
 		if err != nil {
 			return nil, fmt.Errorf("args: %w", err)
 		}
-		items, ok := v.([]any)
+		items, ok := lit.([]any)
 		if !ok {
-			items = []any{v} // ('x') is not a tuple in Python; take it as one
+			items = []any{lit} // ('x') is not a tuple in Python; take it as one
 		}
 		if len(items) > len(params) {
 			return nil, fmt.Errorf("args: takes at most %d arguments, got %d", len(params), len(items))
@@ -292,136 +260,77 @@ func (p *logParser) handlerArgs(sect string, params []string) (map[string]any, e
 			bound[params[i]] = it
 		}
 	}
-	if e := p.entry(sect, "kwargs"); e != nil {
-		v, err := parsePyLiteral(p.value(sect, e))
-		kw, ok := v.(map[string]any)
+	if v, e := p.get(sect, "kwargs"); e != nil {
+		lit, err := parsePyLiteral(v)
+		kw, ok := lit.(map[string]any)
 		if err != nil {
 			return nil, fmt.Errorf("kwargs: %w", err)
 		}
 		if !ok {
 			return nil, errors.New("kwargs: want a {'name': value} dict")
 		}
-		for k, it := range kw {
+		for _, k := range slices.Sorted(maps.Keys(kw)) {
 			if !slices.Contains(params, k) {
 				return nil, fmt.Errorf("kwargs: unexpected keyword argument %q", k)
 			}
 			if _, dup := bound[k]; dup {
 				return nil, fmt.Errorf("kwargs: got multiple values for argument %q", k)
 			}
-			bound[k] = it
+			bound[k] = kw[k]
 		}
 	}
 	return bound, nil
 }
 
-// newFileConfig checks a file handler's arguments.
-func newFileConfig(name, class string, args map[string]any) (fileConfig, error) {
-	fc := fileConfig{name: name, interval: 1}
-	a := pyArgs(args)
-	filename, err := a.str("filename", "")
-	if err != nil {
-		return fc, err
-	}
-	if filename == "" {
-		return fc, errors.New("no filename in args")
-	}
-	fc.path = absPath(filename)
-	fc.watched = class == "WatchedFileHandler"
-	mode, err := a.str("mode", "a")
-	if err != nil {
-		return fc, err
-	}
-	switch {
-	case strings.HasPrefix(mode, "w"):
-		fc.truncate = true
-	case !strings.HasPrefix(mode, "a"):
-		return fc, fmt.Errorf("mode %q is not supported (want 'a' or 'w')", mode)
-	}
-	var n int64
-	if n, err = a.int("maxBytes", 0); err != nil {
-		return fc, err
-	}
-	fc.maxBytes = n
-	if fc.maxBytes > 0 {
-		fc.truncate = false // as Python's RotatingFileHandler
-	}
-	if n, err = a.int("backupCount", 0); err != nil {
-		return fc, err
-	}
-	fc.backupCount = int(max(n, 0))
-	if class == "TimedRotatingFileHandler" {
-		if err := fc.timed(a); err != nil {
-			return fc, err
-		}
-	}
-	return fc, nil
-}
-
 // validWhen matches TimedRotatingFileHandler's when (upper-cased).
 var validWhen = regexp.MustCompile(`^(S|M|H|D|MIDNIGHT|W[0-6])$`)
 
-// timed reads TimedRotatingFileHandler's when, interval and utc.
-func (fc *fileConfig) timed(a pyArgs) error {
-	when, err := a.str("when", "h")
-	if err != nil {
-		return err
+// newFileConfig checks a file handler's arguments, reporting the first
+// that is wrong.
+func newFileConfig(name, class string, args map[string]any) (fileConfig, error) {
+	a := &pyArgs{m: args}
+	filename := pyArg(a, "filename", "", "a string")
+	a.fail(filename == "", "no filename in args")
+	mode := pyArg(a, "mode", "a", "a string")
+	a.fail(!strings.HasPrefix(mode, "a") && !strings.HasPrefix(mode, "w"), "mode %q is not supported (want 'a' or 'w')", mode)
+	fc := fileConfig{name: name, path: absPath(filename), watched: class == "WatchedFileHandler", interval: 1,
+		maxBytes: pyArg(a, "maxBytes", int64(0), "an integer")}
+	fc.truncate = strings.HasPrefix(mode, "w") && fc.maxBytes <= 0 // RotatingFileHandler appends
+	fc.backupCount = int(max(pyArg(a, "backupCount", int64(0), "an integer"), 0))
+	if class == "TimedRotatingFileHandler" {
+		when := pyArg(a, "when", "h", "a string")
+		fc.when = strings.ToUpper(when)
+		a.fail(!validWhen.MatchString(fc.when), "invalid rollover interval %q (want S, M, H, D, midnight or W0-W6)", when)
+		fc.interval = int(pyArg(a, "interval", int64(1), "an integer"))
+		a.fail(fc.interval < 1, "interval %d: want 1 or more", fc.interval)
+		if n, ok := args["utc"].(int64); ok {
+			args["utc"] = n != 0
+		}
+		fc.utc = pyArg(a, "utc", false, "True or False")
+		a.fail(args["atTime"] != nil, "atTime is not supported")
 	}
-	fc.when = strings.ToUpper(when)
-	if !validWhen.MatchString(fc.when) {
-		return fmt.Errorf("invalid rollover interval %q (want S, M, H, D, midnight or W0-W6)", when)
-	}
-	n, err := a.int("interval", 1)
-	if err != nil {
-		return err
-	}
-	if n < 1 {
-		return fmt.Errorf("interval %d: want 1 or more", n)
-	}
-	fc.interval = int(n)
-	if fc.utc, err = a.bool("utc", false); err != nil {
-		return err
-	}
-	if v, ok := a["atTime"]; ok && v != nil {
-		return errors.New("atTime is not supported")
-	}
-	return nil
+	return fc, a.err
 }
 
-// pyArgs are bound constructor arguments.
-type pyArgs map[string]any
-
-func (a pyArgs) str(name, def string) (string, error) {
-	switch v := a[name].(type) {
-	case nil:
-		return def, nil
-	case string:
-		return v, nil
-	default:
-		return "", fmt.Errorf("%s: want a string, not %v", name, v)
-	}
+// pyArgs are bound constructor arguments, and the first error found in them.
+type pyArgs struct {
+	m   map[string]any
+	err error
 }
 
-func (a pyArgs) int(name string, def int64) (int64, error) {
-	switch v := a[name].(type) {
-	case nil:
-		return def, nil
-	case int64:
-		return v, nil
-	default:
-		return 0, fmt.Errorf("%s: want an integer, not %v", name, v)
+// pyArg reads argument name as a T: def when it is absent or None.
+func pyArg[T any](a *pyArgs, name string, def T, want string) T {
+	if a.m[name] == nil {
+		return def
 	}
+	v, ok := a.m[name].(T)
+	a.fail(!ok, "%s: want %s, not %v", name, want, a.m[name])
+	return v
 }
 
-func (a pyArgs) bool(name string, def bool) (bool, error) {
-	switch v := a[name].(type) {
-	case nil:
-		return def, nil
-	case bool:
-		return v, nil
-	case int64:
-		return v != 0, nil
-	default:
-		return false, fmt.Errorf("%s: want True or False, not %v", name, v)
+func (a *pyArgs) fail(bad bool, format string, args ...any) {
+	if bad && a.err == nil {
+		a.err = fmt.Errorf(format, args...)
 	}
 }
 
@@ -432,213 +341,148 @@ func (a pyArgs) bool(name string, def bool) (bool, error) {
 // datetime.time(1, 0), kept as text: nothing here evaluates it.
 type pyName string
 
+// pyToken is one token after blanks (group 1): a string with its prefix
+// (2, 3), a number (4), an unterminated string's quote, a name (5), or any
+// other character.
+var pyToken = regexp.MustCompile(`(?s)\s*((?i:(rb|br|[rub])?)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|([-+.0-9](?:[eE][-+]|[0-9._a-fA-FxXoO])*)|(?i:rb|br|[rub])?['"]|([A-Za-z_][\w.]*)|\S)`)
+
+// pyEscapes are the backslash escapes a log file name might use; Python
+// keeps unknown ones as written.
+var pyEscapes = strings.NewReplacer(`\\`, `\`, `\'`, `'`, `\"`, `"`, `\n`, "\n", `\t`, "\t", `\r`, "\r")
+
+// pyTok is a token: kind is 's' for a string, '0' a number, 'a' a name,
+// the character itself for punctuation, 0 at the end.
+type pyTok struct {
+	kind byte
+	text string // a string's value; the token as written otherwise
+	pos  int
+}
+
+// pyTokens splits s into tokens, the end token last.
+func pyTokens(s string) []pyTok {
+	var toks []pyTok
+	for _, m := range pyToken.FindAllStringSubmatchIndex(s, -1) {
+		t := pyTok{kind: s[m[3]-1], text: s[m[2]:m[3]], pos: m[2]} // r' is a quote
+		switch {
+		case m[6] >= 0:
+			t.kind, t.text = 's', s[m[6]+1:m[7]-1]
+			if !strings.ContainsAny(s[m[2]:m[6]], "rR") {
+				t.text = pyEscapes.Replace(t.text)
+			}
+		case m[8] >= 0:
+			t.kind = '0'
+		case m[10] >= 0:
+			t.kind = 'a'
+		}
+		toks = append(toks, t)
+	}
+	return append(toks, pyTok{pos: len(s)})
+}
+
 type pyParser struct {
-	s string
-	i int
+	s    string
+	toks []pyTok // what is left, the end token last
 }
 
 // parsePyLiteral reads a Python literal: strings, numbers, True, False,
 // None, names, and tuples, lists and dicts of them. Tuples and lists
 // become []any, dicts map[string]any, integers int64.
 func parsePyLiteral(s string) (any, error) {
-	p := &pyParser{s: s}
+	p := &pyParser{s: s, toks: pyTokens(s)}
 	v, err := p.value()
-	if err != nil {
-		return nil, err
+	if err == nil && p.toks[0].kind != 0 {
+		return nil, fmt.Errorf("unexpected %s", clip(s[p.toks[0].pos:]))
 	}
-	if p.space(); p.i < len(p.s) {
-		return nil, fmt.Errorf("unexpected %s", clip(p.s[p.i:]))
-	}
-	return v, nil
+	return v, err
 }
 
-func (p *pyParser) space() {
-	for p.i < len(p.s) && strings.IndexByte(" \t\r\n", p.s[p.i]) >= 0 {
-		p.i++
+func (p *pyParser) next() pyTok {
+	t := p.toks[0]
+	if len(p.toks) > 1 {
+		p.toks = p.toks[1:]
 	}
-}
-
-func (p *pyParser) peek() byte {
-	if p.space(); p.i < len(p.s) {
-		return p.s[p.i]
-	}
-	return 0
+	return t
 }
 
 func (p *pyParser) value() (any, error) {
-	switch c := p.peek(); {
-	case c == 0:
+	switch t := p.next(); t.kind {
+	case 0:
 		return nil, errors.New("unexpected end")
-	case c == '(':
-		return p.seq(')')
-	case c == '[':
-		return p.seq(']')
-	case c == '{':
-		return p.dict()
-	case c == '\'' || c == '"':
-		return p.str(false)
-	case c == '-' || c == '+' || c == '.' || c >= '0' && c <= '9':
-		return p.number()
-	case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
-		return p.name()
+	case '(', '[', '{':
+		return p.container(t.kind)
+	case '\'', '"': // that starts no string
+		return nil, errors.New("unterminated string")
+	case 's':
+		for p.toks[0].kind == 's' { // 'a' 'b' is 'ab'
+			t.text += p.next().text
+		}
+		if k := p.toks[0].kind; k == '\'' || k == '"' {
+			return nil, errors.New("unterminated string")
+		}
+		return t.text, nil
+	case '0':
+		if n, err := strconv.ParseInt(t.text, 0, 64); err == nil {
+			return n, nil
+		}
+		if f, err := strconv.ParseFloat(strings.ReplaceAll(t.text, "_", ""), 64); err == nil {
+			return f, nil
+		}
+		return nil, fmt.Errorf("bad number %s", clip(t.text))
+	case 'a':
+		if v, ok := map[string]any{"True": true, "False": false, "None": nil}[t.text]; ok {
+			return v, nil
+		}
+		if p.toks[0].kind != '(' {
+			return pyName(t.text), nil
+		}
+		p.next()
+		if _, err := p.container('('); err != nil {
+			return nil, err
+		}
+		return pyName(strings.TrimSpace(p.s[t.pos:p.toks[0].pos])), nil // a call
 	default:
-		return nil, fmt.Errorf("unexpected %s", clip(p.s[p.i:]))
+		return nil, fmt.Errorf("unexpected %s", clip(p.s[t.pos:]))
 	}
 }
 
-// seq reads a tuple or list; (x) without a comma is just x.
-func (p *pyParser) seq(end byte) (any, error) {
-	p.i++
-	items, comma := []any{}, false
-	for {
-		if p.peek() == end {
-			p.i++
-			break
-		}
+// container reads the items of a tuple, list or dict after its opening
+// bracket; (x) without a comma is just x.
+func (p *pyParser) container(open byte) (any, error) {
+	end := map[byte]byte{'(': ')', '[': ']', '{': '}'}[open]
+	items, dict, comma := []any{}, map[string]any{}, false
+	for p.toks[0].kind != end {
 		v, err := p.value()
 		if err != nil {
 			return nil, err
 		}
-		items = append(items, v)
-		switch p.peek() {
-		case ',':
-			p.i++
-			comma = true
-			continue
-		case end:
-			p.i++
-		default:
-			return nil, fmt.Errorf("expected ',' or '%c' at %s", end, clip(p.s[p.i:]))
+		if open == '{' {
+			key, ok := v.(string)
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("dict key %v is not a string", v)
+			case p.next().kind != ':':
+				return nil, fmt.Errorf("expected ':' after %q", key)
+			}
+			if dict[key], err = p.value(); err != nil {
+				return nil, err
+			}
 		}
-		break
+		items = append(items, v)
+		if comma = p.toks[0].kind == ','; !comma {
+			break
+		}
+		p.next()
 	}
-	if end == ')' && len(items) == 1 && !comma {
+	if t := p.next(); t.kind != end {
+		return nil, fmt.Errorf("expected ',' or '%c' at %s", end, clip(p.s[t.pos:]))
+	}
+	switch {
+	case open == '{':
+		return dict, nil
+	case open == '(' && len(items) == 1 && !comma:
 		return items[0], nil
 	}
 	return items, nil
-}
-
-func (p *pyParser) dict() (any, error) {
-	p.i++
-	d := map[string]any{}
-	for p.peek() != '}' {
-		k, err := p.value()
-		if err != nil {
-			return nil, err
-		}
-		key, ok := k.(string)
-		if !ok {
-			return nil, fmt.Errorf("dict key %v is not a string", k)
-		}
-		if p.peek() != ':' {
-			return nil, fmt.Errorf("expected ':' after %q", key)
-		}
-		p.i++
-		if d[key], err = p.value(); err != nil {
-			return nil, err
-		}
-		if p.peek() == ',' {
-			p.i++
-		} else if p.peek() != '}' {
-			return nil, fmt.Errorf("expected ',' or '}' at %s", clip(p.s[p.i:]))
-		}
-	}
-	p.i++
-	return d, nil
-}
-
-// pyEscapes are the backslash escapes a log file name might use.
-var pyEscapes = [256]byte{'\\': '\\', '\'': '\'', '"': '"', 'n': '\n', 't': '\t', 'r': '\r'}
-
-// str reads one or more adjacent string literals ('a' 'b' is 'ab').
-func (p *pyParser) str(raw bool) (any, error) {
-	var b strings.Builder
-	for {
-		q := p.s[p.i]
-		p.i++
-		for {
-			if p.i >= len(p.s) {
-				return nil, errors.New("unterminated string")
-			}
-			c := p.s[p.i]
-			p.i++
-			if c == q {
-				break
-			}
-			if c != '\\' || p.i >= len(p.s) {
-				b.WriteByte(c)
-				continue
-			}
-			e := p.s[p.i]
-			p.i++
-			if r := pyEscapes[e]; r != 0 && !raw {
-				b.WriteByte(r)
-			} else {
-				b.WriteByte('\\')
-				b.WriteByte(e) // Python keeps unknown escapes as written
-			}
-		}
-		if c := p.peek(); c != '\'' && c != '"' {
-			return b.String(), nil
-		}
-		raw = false
-	}
-}
-
-func (p *pyParser) number() (any, error) {
-	start := p.i
-	if c := p.s[p.i]; c == '-' || c == '+' {
-		p.i++
-	}
-	for p.i < len(p.s) {
-		c := p.s[p.i]
-		exp := (c == '-' || c == '+') && strings.ContainsRune("eE", rune(p.s[p.i-1]))
-		if !exp && !strings.ContainsRune("0123456789._eExXoObBabcdefABCDEF", rune(c)) {
-			break
-		}
-		p.i++
-	}
-	text := p.s[start:p.i]
-	if n, err := strconv.ParseInt(text, 0, 64); err == nil {
-		return n, nil
-	}
-	if f, err := strconv.ParseFloat(strings.ReplaceAll(text, "_", ""), 64); err == nil {
-		return f, nil
-	}
-	return nil, fmt.Errorf("bad number %s", clip(text))
-}
-
-func (p *pyParser) name() (any, error) {
-	start := p.i
-	for p.i < len(p.s) {
-		c := p.s[p.i]
-		if c != '_' && c != '.' && !(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') && !(c >= '0' && c <= '9') {
-			break
-		}
-		p.i++
-	}
-	word := p.s[start:p.i]
-	if p.i < len(p.s) && (p.s[p.i] == '\'' || p.s[p.i] == '"') {
-		switch strings.ToLower(word) {
-		case "r", "u", "b", "rb", "br":
-			return p.str(strings.Contains(strings.ToLower(word), "r"))
-		}
-	}
-	switch word {
-	case "True":
-		return true, nil
-	case "False":
-		return false, nil
-	case "None":
-		return nil, nil
-	}
-	if p.peek() == '(' {
-		if _, err := p.seq(')'); err != nil {
-			return nil, err
-		}
-		return pyName(p.s[start:p.i]), nil
-	}
-	return pyName(word), nil
 }
 
 // ---------------------------------------------------------------------------
@@ -651,32 +495,28 @@ type logSetup struct {
 }
 
 // newLogSetup builds the logger: stderr at the configured level (debug
-// with -d), each file at the higher of that and its handler's own level.
+// with -d), each file at the higher of that and its handler's own level;
 // now is the clock of timed rotation.
 func newLogSetup(lc logConfig, stderr io.Writer, debug bool, now func() time.Time) *logSetup {
 	level := slog.LevelInfo
 	if lc.set {
 		level = lc.level
 	}
-	if debug {
-		level = slog.LevelDebug
-	}
 	errLevel := max(level, lc.console)
 	if debug {
-		errLevel = slog.LevelDebug
+		level, errLevel = slog.LevelDebug, slog.LevelDebug
 	}
 	errHandler := newStderrHandler(stderr, errLevel, os.Getenv)
 	report := slog.New(errHandler) // about the files, so to stderr only
-	s := &logSetup{}
+	s := &logSetup{logger: report}
 	hs := []slog.Handler{errHandler}
 	for _, fc := range lc.files {
 		lf := openLogFile(fc, now, report)
 		s.files = append(s.files, lf)
 		hs = append(hs, slog.NewTextHandler(lf, &slog.HandlerOptions{Level: max(level, fc.level)}))
 	}
-	s.logger = slog.New(errHandler)
 	if len(hs) > 1 {
-		s.logger = slog.New(fanout(hs))
+		s.logger = slog.New(slog.NewMultiHandler(hs...))
 	}
 	for _, w := range lc.warnings {
 		s.logger.Warn(w)
@@ -700,149 +540,63 @@ func (s *logSetup) sync() {
 	}
 }
 
-// close writes what is queued and closes the files, waiting a bounded time
-// for a file system that hangs.
+// close writes what is queued and closes the files.
 func (s *logSetup) close() {
 	for _, lf := range s.files {
 		lf.close()
 	}
 }
 
-// fanout sends each record to every handler that takes its level.
-type fanout []slog.Handler
-
-func (f fanout) Enabled(ctx context.Context, l slog.Level) bool {
-	for _, h := range f {
-		if h.Enabled(ctx, l) {
-			return true
-		}
-	}
-	return false
-}
-
-func (f fanout) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
-	for _, h := range f {
-		if h.Enabled(ctx, r.Level) {
-			errs = append(errs, h.Handle(ctx, r))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (f fanout) WithAttrs(as []slog.Attr) slog.Handler {
-	g := make(fanout, len(f))
-	for i, h := range f {
-		g[i] = h.WithAttrs(as)
-	}
-	return g
-}
-
-func (f fanout) WithGroup(name string) slog.Handler {
-	g := make(fanout, len(f))
-	for i, h := range f {
-		g[i] = h.WithGroup(name)
-	}
-	return g
-}
-
 // newStderrHandler writes key=value lines to w; when w is the journal's
 // stream (JOURNAL_STREAM), with priority prefixes and without time=.
 func newStderrHandler(w io.Writer, level slog.Leveler, getenv func(string) string) slog.Handler {
-	if !onJournal(w, getenv("JOURNAL_STREAM")) {
-		return slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
-	}
-	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-		if len(groups) == 0 && a.Key == slog.TimeKey {
-			return slog.Attr{} // journald stamps each line itself
+	opts := &slog.HandlerOptions{Level: level}
+	if onJournal(w, getenv("JOURNAL_STREAM")) {
+		w = journalWriter{w}
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{} // journald stamps each line itself
+			}
+			return a
 		}
-		return a
-	}}
-	var j journalHandler
-	for i, prefix := range journalPrefixes {
-		j[i] = slog.NewTextHandler(prefixWriter{w, []byte(prefix)}, opts)
 	}
-	return j
+	return slog.NewTextHandler(w, opts)
 }
 
 // onJournal reports whether w is the stream JOURNAL_STREAM ("dev:inode")
 // names, as sd_journal_stream_fd documents: systemd sets the variable for
 // the unit, but a child may have another stderr.
 func onJournal(w io.Writer, stream string) bool {
-	f, ok := w.(*os.File)
-	dev, ino, found := strings.Cut(stream, ":")
-	if !ok || !found {
-		return false
+	if f, ok := w.(*os.File); ok {
+		if info, err := f.Stat(); err == nil {
+			st, ok := info.Sys().(*syscall.Stat_t)
+			return ok && fmt.Sprintf("%d:%d", st.Dev, st.Ino) == stream
+		}
 	}
-	info, err := f.Stat()
-	if err != nil {
-		return false
-	}
-	d, ino2, ok := fileID(info)
-	return ok && strconv.FormatUint(d, 10) == dev && strconv.FormatUint(ino2, 10) == ino
+	return false
 }
 
-// fileID is a file's device and inode number.
-func fileID(info fs.FileInfo) (dev, ino uint64, ok bool) {
-	st, ok := info.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, 0, false
-	}
-	return uint64(st.Dev), uint64(st.Ino), true
-}
+// journalWriter puts the sd-daemon priority of a line's level (its first
+// field, without time=) before the line, in one Write so that lines cannot
+// interleave.
+type journalWriter struct{ w io.Writer }
 
-// journalPrefixes are the sd-daemon priorities (crit, err, warning, info,
-// debug), in journalHandler's order.
-var journalPrefixes = [...]string{"<2>", "<3>", "<4>", "<6>", "<7>"}
-
-// journalHandler holds one text handler per priority prefix.
-type journalHandler [len(journalPrefixes)]slog.Handler
-
-func (j journalHandler) pick(l slog.Level) slog.Handler {
+func (j journalWriter) Write(b []byte) (int, error) {
+	var l slog.Level
+	word, _, _ := bytes.Cut(bytes.TrimPrefix(b, []byte("level=")), []byte(" "))
+	l.UnmarshalText(word) // "ERROR+4" is critical
+	prefix := "<7>"
 	switch {
 	case l >= levelCritical:
-		return j[0]
+		prefix = "<2>"
 	case l >= slog.LevelError:
-		return j[1]
+		prefix = "<3>"
 	case l >= slog.LevelWarn:
-		return j[2]
+		prefix = "<4>"
 	case l >= slog.LevelInfo:
-		return j[3]
+		prefix = "<6>"
 	}
-	return j[4]
-}
-
-func (j journalHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return j.pick(l).Enabled(ctx, l)
-}
-
-func (j journalHandler) Handle(ctx context.Context, r slog.Record) error {
-	return j.pick(r.Level).Handle(ctx, r)
-}
-
-func (j journalHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	for i := range j {
-		j[i] = j[i].WithAttrs(as)
-	}
-	return j
-}
-
-func (j journalHandler) WithGroup(name string) slog.Handler {
-	for i := range j {
-		j[i] = j[i].WithGroup(name)
-	}
-	return j
-}
-
-// prefixWriter writes prefix and line in one Write, so that lines of
-// different priorities cannot interleave.
-type prefixWriter struct {
-	w      io.Writer
-	prefix []byte
-}
-
-func (p prefixWriter) Write(b []byte) (int, error) {
-	if _, err := p.w.Write(append(slices.Clip(p.prefix), b...)); err != nil {
+	if _, err := j.w.Write(append([]byte(prefix), b...)); err != nil {
 		return 0, err
 	}
 	return len(b), nil
@@ -857,18 +611,16 @@ const (
 	logFileClose = 2 * time.Second // longest wait at exit for the last lines
 )
 
-// logFile is one file handler. Write only queues the line: one goroutine
-// writes, rotates and reopens, so a file system that hangs or is full
-// never blocks the worker's logging.
+// logFile is one file handler. Write only queues the line for the one
+// goroutine that writes, rotates and reopens (not a mutex): a file system
+// that hangs or is full must never block the worker's logging.
 type logFile struct {
-	cfg       fileConfig
-	now       func() time.Time
-	report    *slog.Logger // stderr only
-	items     chan logItem
-	quit      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
-	stalled   atomic.Bool // a line was dropped (reported once)
+	cfg     fileConfig
+	now     func() time.Time
+	report  *slog.Logger // stderr only
+	ops     chan func()  // lines to write and calls, in order; nil ends the writer
+	done    chan struct{}
+	stalled atomic.Bool // a line was dropped (reported once)
 
 	// Owned by run.
 	f          *os.File
@@ -877,20 +629,10 @@ type logFile struct {
 	rolloverAt time.Time
 }
 
-// logItem is a line to write, or an operation to run in order with them.
-type logItem struct {
-	line  []byte
-	at    time.Time // when it was logged, for timed rotation
-	op    func() error
-	reply chan error
-}
-
-// openLogFile opens the file and starts its writer; the writer ends on
-// close. A file that cannot be opened is reported, and tried again on
-// reopen.
+// openLogFile opens the file (or reports why not: reopen tries again) and
+// starts its writer.
 func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logFile {
-	lf := &logFile{cfg: fc, now: now, report: report, items: make(chan logItem, logFileQueue),
-		quit: make(chan struct{}), done: make(chan struct{})}
+	lf := &logFile{cfg: fc, now: now, report: report, ops: make(chan func(), logFileQueue), done: make(chan struct{})}
 	start := now()
 	if info, err := os.Stat(fc.path); err == nil && !fc.truncate {
 		start = info.ModTime() // as Python: a file last written yesterday rotates at once
@@ -899,7 +641,7 @@ func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logF
 		lf.rolloverAt = lf.nextRollover(start)
 	}
 	if err := lf.open(fc.truncate); err != nil {
-		report.Error("cannot open the log file; it gets no lines until it is reopened (SIGHUP)", "file", fc.path, "err", err)
+		report.Error(openFailed, "file", fc.path, "err", err)
 	}
 	go lf.run() // ends on close
 	return lf
@@ -907,10 +649,9 @@ func openLogFile(fc fileConfig, now func() time.Time, report *slog.Logger) *logF
 
 // Write queues a copy of one line (slog reuses b); it never blocks.
 func (lf *logFile) Write(b []byte) (int, error) {
+	line, at := slices.Clone(b), lf.now()
 	select {
-	case <-lf.quit:
-		return len(b), nil
-	case lf.items <- logItem{line: slices.Clone(b), at: lf.now()}:
+	case lf.ops <- func() { lf.write(line, at) }:
 	default:
 		if !lf.stalled.Swap(true) {
 			lf.report.Error("the log file is not keeping up; lines for it are dropped", "file", lf.cfg.path)
@@ -920,60 +661,43 @@ func (lf *logFile) Write(b []byte) (int, error) {
 }
 
 func (lf *logFile) run() {
-	defer close(lf.done)
-	for {
-		select {
-		case it := <-lf.items:
-			lf.handle(it)
-		case <-lf.quit:
-			for {
-				select {
-				case it := <-lf.items:
-					lf.handle(it)
-				default:
-					lf.closeFile()
-					return
-				}
-			}
-		}
+	for op := <-lf.ops; op != nil; op = <-lf.ops {
+		op()
 	}
-}
-
-func (lf *logFile) handle(it logItem) {
-	if it.op != nil {
-		it.reply <- it.op()
-		return
-	}
-	lf.write(it.line, it.at)
+	lf.closeFile()
+	close(lf.done)
 }
 
 // call runs op in the writer, after the lines queued before it.
 func (lf *logFile) call(op func() error) error {
-	reply := make(chan error, 1)
-	timeout := time.NewTimer(logFileWait)
-	defer timeout.Stop()
+	reply, stuck := make(chan error, 1), time.After(logFileWait)
 	select {
-	case <-lf.quit:
-		return fmt.Errorf("log file %s is closed", lf.cfg.path)
-	case lf.items <- logItem{op: op, reply: reply}:
-	case <-timeout.C:
-		return fmt.Errorf("log file %s: the writer is stuck", lf.cfg.path)
+	case lf.ops <- func() { reply <- op() }:
+		select {
+		case err := <-reply:
+			return err
+		case <-stuck:
+		}
+	case <-stuck:
 	}
+	return fmt.Errorf("log file %s: the writer is stuck", lf.cfg.path)
+}
+
+// close ends the writer after the lines queued before, waiting a bounded
+// time: a hung file system does not hold up the exit.
+func (lf *logFile) close() {
+	timeout := time.After(logFileClose)
 	select {
-	case err := <-reply:
-		return err
-	case <-timeout.C:
-		return fmt.Errorf("log file %s: the writer is stuck", lf.cfg.path)
+	case lf.ops <- nil:
+		select {
+		case <-lf.done:
+		case <-timeout:
+		}
+	case <-timeout:
 	}
 }
 
-func (lf *logFile) close() {
-	lf.closeOnce.Do(func() { close(lf.quit) })
-	select {
-	case <-lf.done:
-	case <-time.After(logFileClose): // a hung file system does not hold up the exit
-	}
-}
+const openFailed = "cannot open the log file; it gets no lines until it is reopened (SIGHUP)"
 
 func (lf *logFile) open(truncate bool) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
@@ -1028,15 +752,11 @@ func (lf *logFile) write(line []byte, at time.Time) {
 	}
 }
 
-// checkMoved reopens the file when its name points elsewhere (Python's
-// WatchedFileHandler).
+// checkMoved reopens the file when its name points elsewhere (Python's WatchedFileHandler).
 func (lf *logFile) checkMoved() {
 	info, err := os.Stat(lf.cfg.path)
-	if lf.f != nil && err == nil && os.SameFile(info, lf.info) {
-		return
-	}
-	if lf.f == nil && err != nil {
-		return // not reopened: the name is gone and nothing was open
+	if lf.f != nil && err == nil && os.SameFile(info, lf.info) || lf.f == nil && err != nil {
+		return // unmoved, or the name is gone and nothing was open
 	}
 	if err := lf.reopen(); err != nil {
 		lf.report.Error("cannot reopen the log file", "file", lf.cfg.path, "err", err)
@@ -1047,39 +767,26 @@ func (lf *logFile) rotateIfDue(n int, now time.Time) {
 	switch {
 	case lf.cfg.when != "":
 		if !now.Before(lf.rolloverAt) {
-			lf.rotate(lf.timedName(), lf.pruneTimed)
+			lf.rotate(lf.timedName())
+			lf.pruneTimed()
 			lf.rolloverAt = lf.nextRollover(now)
 		}
-	case lf.cfg.maxBytes > 0 && lf.cfg.backupCount > 0:
-		if lf.f != nil && lf.size > 0 && lf.size+int64(n) >= lf.cfg.maxBytes {
-			lf.shiftBackups()
-			lf.rotate(fmt.Sprintf("%s.1", lf.cfg.path), func() {})
+	case lf.cfg.maxBytes > 0 && lf.cfg.backupCount > 0 && lf.f != nil && lf.size > 0 && lf.size+int64(n) >= lf.cfg.maxBytes:
+		for i := lf.cfg.backupCount - 1; i > 0; i-- { // name.1 becomes name.2 ..., the oldest falling off
+			os.Rename(fmt.Sprintf("%s.%d", lf.cfg.path, i), fmt.Sprintf("%s.%d", lf.cfg.path, i+1))
 		}
+		lf.rotate(lf.cfg.path + ".1")
 	}
 }
 
-// rotate renames the file to dst and opens a new one.
-func (lf *logFile) rotate(dst string, prune func()) {
+// rotate renames the file to dst (replacing it) and opens a new one.
+func (lf *logFile) rotate(dst string) {
 	lf.closeFile()
-	os.Remove(dst)
 	if err := os.Rename(lf.cfg.path, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		lf.report.Warn("cannot rotate the log file", "file", lf.cfg.path, "err", err)
 	}
-	prune()
 	if err := lf.open(false); err != nil {
-		lf.report.Error("cannot open the log file; it gets no lines until it is reopened (SIGHUP)", "file", lf.cfg.path, "err", err)
-	}
-}
-
-// shiftBackups renames name.N-1 to name.N ... name.1 to name.2, the oldest
-// falling off, as RotatingFileHandler does.
-func (lf *logFile) shiftBackups() {
-	for i := lf.cfg.backupCount - 1; i > 0; i-- {
-		src, dst := fmt.Sprintf("%s.%d", lf.cfg.path, i), fmt.Sprintf("%s.%d", lf.cfg.path, i+1)
-		if _, err := os.Stat(src); err == nil {
-			os.Remove(dst)
-			os.Rename(src, dst)
-		}
+		lf.report.Error(openFailed, "file", lf.cfg.path, "err", err)
 	}
 }
 
@@ -1090,10 +797,22 @@ func (lf *logFile) loc() *time.Location {
 	return time.Local
 }
 
-// step is the rotation interval of S, M, H and D.
+// timedUnits are the periods of S, M, H and D, and the suffixes of rotated
+// names (strftime in Python); MIDNIGHT and W0-W6 use D's.
+var timedUnits = map[string]struct {
+	step   time.Duration
+	layout string
+}{"S": {time.Second, "2006-01-02_15-04-05"}, "M": {time.Minute, "2006-01-02_15-04"}, "H": {time.Hour, "2006-01-02_15"}, "D": {24 * time.Hour, "2006-01-02"}}
+
 func (lf *logFile) step() time.Duration {
-	unit := map[byte]time.Duration{'S': time.Second, 'M': time.Minute, 'H': time.Hour, 'D': 24 * time.Hour}[lf.cfg.when[0]]
-	return unit * time.Duration(lf.cfg.interval)
+	return timedUnits[lf.cfg.when].step * time.Duration(lf.cfg.interval)
+}
+
+func (lf *logFile) layout() string {
+	if len(lf.cfg.when) > 1 {
+		return timedUnits["D"].layout
+	}
+	return timedUnits[lf.cfg.when].layout
 }
 
 // nextRollover is TimedRotatingFileHandler.computeRollover: the next
@@ -1108,31 +827,8 @@ func (lf *logFile) nextRollover(t time.Time) time.Time {
 	case w[0] == 'W':
 		day := (int(t.Weekday()) + 6) % 7 // Monday is 0, as in Python
 		return midnight.AddDate(0, 0, (int(w[1]-'0')-day+7)%7)
-	default:
-		return t.Add(lf.step())
 	}
-}
-
-// timedSuffixes are the strftime patterns of TimedRotatingFileHandler's
-// names, in Go's layout, and the regexps that find them when pruning.
-var timedSuffixes = map[string]struct {
-	layout string
-	re     *regexp.Regexp
-}{
-	"S": {"2006-01-02_15-04-05", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(\.\w+)?$`)},
-	"M": {"2006-01-02_15-04", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}(\.\w+)?$`)},
-	"H": {"2006-01-02_15", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}_\d{2}(\.\w+)?$`)},
-	"D": {"2006-01-02", regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(\.\w+)?$`)},
-}
-
-// timedSuffix is the name pattern of lf's rotated files.
-func (lf *logFile) timedSuffix() (layout string, re *regexp.Regexp) {
-	key := lf.cfg.when
-	if len(key) > 1 { // MIDNIGHT and W0-W6 name files by day
-		key = "D"
-	}
-	s := timedSuffixes[key]
-	return s.layout, s.re
+	return t.Add(lf.step())
 }
 
 // timedName names the rotated file after the start of the period that
@@ -1147,30 +843,27 @@ func (lf *logFile) timedName() string {
 	default:
 		start = start.Add(-lf.step())
 	}
-	layout, _ := lf.timedSuffix()
-	return lf.cfg.path + "." + start.Format(layout)
+	return lf.cfg.path + "." + start.Format(lf.layout())
 }
 
-// pruneTimed deletes the oldest rotated files beyond backupCount.
+// pruneTimed deletes the oldest rotated files beyond backupCount: those
+// whose suffix has digits where the layout has them, and maybe an
+// extension, as Python's extMatch.
 func (lf *logFile) pruneTimed() {
 	if lf.cfg.backupCount <= 0 {
 		return
 	}
 	dir, base := filepath.Split(lf.cfg.path)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	_, re := lf.timedSuffix()
+	suffix := regexp.MustCompile(`[0-9]`).ReplaceAllLiteralString(lf.layout(), `[0-9]`)
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(base) + `\.` + suffix + `(\.\w+)?$`)
+	entries, _ := os.ReadDir(dir)
 	var old []string
 	for _, e := range entries {
-		if s, ok := strings.CutPrefix(e.Name(), base+"."); ok && re.MatchString(s) {
+		if re.MatchString(e.Name()) {
 			old = append(old, e.Name())
 		}
 	}
-	slices.Sort(old)
-	for len(old) > lf.cfg.backupCount {
-		os.Remove(filepath.Join(dir, old[0]))
-		old = old[1:]
+	for _, name := range old[:max(len(old)-lf.cfg.backupCount, 0)] { // ReadDir sorts by name
+		os.Remove(filepath.Join(dir, name))
 	}
 }
