@@ -14,6 +14,20 @@ import (
 // before anything runs; an error from run fails it as "Error executing".
 type commandFunc func(ctx context.Context, c *cmdCtx, s settings) (run func(ctx context.Context) error, err error)
 
+// validated adapts a validator, which returns the validated command, to a
+// commandFunc.
+func validated[T interface {
+	run(context.Context, *cmdCtx) error
+}](validate func(context.Context, *cmdCtx, settings) (T, error)) commandFunc {
+	return func(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
+		v, err := validate(ctx, c, s)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) error { return v.run(ctx, c) }, nil
+	}
+}
+
 // runEnv is what commands need from the worker, the same for every task.
 type runEnv struct {
 	pidFile        string        // subprocess_pid_file; "" disables it

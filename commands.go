@@ -18,24 +18,24 @@ var commandRegistry = map[string]commandFunc{
 	"log_a_lot": cmdLogALot,
 
 	"move_out_of_way":    cmdMoveOutOfWay,
-	"move_to_final":      cmdMoveToFinal,
-	"copy_file":          cmdCopyFile,
+	"move_to_final":      filesSrcDestCmd(filesMoveToFinal),
+	"copy_file":          filesSrcDestCmd(filesCopyFile),
 	"remove_tree":        cmdRemoveTree,
 	"remove_file":        cmdRemoveFile,
-	"move_with_counter":  cmdMoveWithCounter,
+	"move_with_counter":  filesSrcDestCmd(filesMoveWithCounter),
 	"create_python_file": cmdCreatePythonFile,
 
-	"blender_render":                    cmdBlenderRender,
-	"blender_render_progressive":        cmdBlenderRenderProgressive,
-	"blender_render_audio":              cmdBlenderRenderAudio,
-	"exr_sequence_to_jpeg":              cmdExrSequenceToJPEG,
-	"merge_progressive_renders":         cmdMergeProgressiveRenders,
-	"merge_progressive_render_sequence": cmdMergeProgressiveRenderSequence,
+	"blender_render":                    validated(validateBlenderRender),
+	"blender_render_progressive":        validated(validateBlenderProgressive),
+	"blender_render_audio":              validated(validateBlenderAudio),
+	"exr_sequence_to_jpeg":              validated(validateExrToJPEG),
+	"merge_progressive_renders":         validated(validateExrMerge(false)),
+	"merge_progressive_render_sequence": validated(validateExrMerge(true)),
 
-	"create_video":       cmdCreateVideo,
-	"concatenate_videos": cmdConcatenateVideos,
-	"mux_audio":          cmdMuxAudio,
-	"encode_audio":       cmdEncodeAudio,
+	"create_video":       validated(validateCreateVideo),
+	"concatenate_videos": validated(validateConcatenateVideos),
+	"mux_audio":          validated(validateMuxAudio),
+	"encode_audio":       validated(validateEncodeAudio),
 }
 
 // runCommands runs the task's commands in order and reports whether all of
@@ -101,8 +101,9 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 }
 
 func cmdEcho(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	msg, err := s.str("message", true, "")
-	if err != nil {
+	r := s.reader()
+	msg := r.str("message", true, "")
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(context.Context) error {
@@ -112,12 +113,13 @@ func cmdEcho(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) 
 }
 
 func cmdSleep(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	secs, text, err := s.number("time_in_seconds", true)
-	if err != nil {
-		return nil, err
-	}
+	r := s.reader()
+	secs, text := r.number("time_in_seconds", true)
 	if secs < 0 {
-		return nil, fmt.Errorf("%q may not be negative", "time_in_seconds")
+		r.failf("%q may not be negative", "time_in_seconds")
+	}
+	if err := r.err(); err != nil {
+		return nil, err
 	}
 	return func(ctx context.Context) error {
 		c.logf("Sleeping for %s seconds", text)
@@ -134,8 +136,9 @@ func cmdSleep(ctx context.Context, c *cmdCtx, s settings) (func(context.Context)
 }
 
 func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	n, err := s.integer("lines", false, 20000)
-	if err != nil {
+	r := s.reader()
+	n := r.integer("lines", false, 20000)
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(ctx context.Context) error {
@@ -152,11 +155,10 @@ func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Contex
 }
 
 func cmdExec(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	argv, err := s.commandLine("cmd", true, "")
-	if err != nil {
-		return nil, err
-	}
-	if err := c.checkPIDFile(); err != nil {
+	r := s.reader()
+	argv := r.commandLine("cmd", true, "")
+	r.then(c.checkPIDFile)
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(ctx context.Context) error {

@@ -23,97 +23,116 @@ import (
 // colons removed: 2012-03-02_191812.
 const filesStampLayout = "2006-01-02_150405"
 
-// filesCopyChunk is how much copy_file copies between checks for an abort.
-// Copying through io.CopyN keeps the kernel's copy_file_range fast path.
+// filesCopyChunk is how much is copied between checks for an abort;
+// io.CopyN keeps the kernel's copy_file_range fast path.
 const filesCopyChunk = 64 << 20
 
 // cmdMoveOutOfWay renames an existing render output to "<src>-<mtime>", so
 // that a new render does not mix its frames with an old one.
 func cmdMoveOutOfWay(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	// Python accepts "", which is the working directory; moving that aside
-	// is never what a job means, so "" is refused here.
-	src, err := s.nonEmptyStr("src")
-	if err != nil {
+	// Python accepts "", the working directory, which is never what a job means.
+	r := s.reader()
+	src := r.nonEmpty("src")
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(context.Context) error {
 		info, err := filesStat(src)
-		if err != nil {
+		if err != nil || info == nil {
+			if err == nil {
+				c.logf("Render output path %s does not exist, not moving out of way", src)
+			}
 			return err
-		}
-		if info == nil {
-			c.logf("Render output path %s does not exist, not moving out of way", src)
-			return nil
 		}
 		return filesMoveAside(c, src, info.ModTime())
 	}, nil
 }
 
-// cmdMoveToFinal renames src to dest, first moving an existing dest aside
-// to its timestamped name as move_out_of_way does.
-func cmdMoveToFinal(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	src, dest, err := filesSrcDest(s)
-	if err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		info, err := filesStat(src)
-		if err != nil {
-			return err
+// filesSrcDestCmd is the commandFunc of a command with the settings "src"
+// and "dest"; run gets src's FileInfo, nil when src does not exist.
+func filesSrcDestCmd(run func(ctx context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error) commandFunc {
+	return func(_ context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
+		r := s.reader()
+		src, dest := r.nonEmpty("src", "src may not be empty"), r.nonEmpty("dest", "dest may not be empty")
+		if err := r.err(); err != nil {
+			return nil, err
 		}
-		if info == nil {
-			c.logf("Path %s does not exist, not moving", src)
-			return nil
-		}
-		if info, err = filesStat(dest); err != nil {
-			return err
-		}
-		if info != nil {
-			if err := filesMoveAside(c, dest, info.ModTime()); err != nil {
+		return func(ctx context.Context) error {
+			info, err := filesStat(src)
+			if err != nil {
 				return err
 			}
-		}
-		c.logf("Moving %s to %s", src, dest)
-		return filesRename(src, dest)
-	}, nil
+			return run(ctx, c, src, dest, info)
+		}, nil
+	}
 }
 
-// cmdCopyFile copies one file, replacing an existing destination and
-// keeping the source's permission bits.
-func cmdCopyFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	src, dest, err := filesSrcDest(s)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error {
-		info, err := filesStat(src)
-		if err != nil {
-			return err
-		}
-		if info == nil {
-			return fmt.Errorf("Path %s does not exist, unable to copy", src)
-		}
-		if info.IsDir() {
-			// Checked before dest is touched: Python deleted dest first and
-			// only then found out it could not copy a directory.
-			return fmt.Errorf("Error copying %s to %s: %s is a directory", src, dest, src)
-		}
-		c.logf("Copying %s to %s", src, dest)
-		if err := filesMkdirParent(c, dest); err != nil {
-			return err
-		}
-		if err := filesClearDest(c, src, dest, info); err != nil {
-			return err
-		}
-		if err := filesCopyContents(ctx, src, dest); err != nil {
-			return fmt.Errorf("Error copying %s to %s: %w", src, dest, err)
-		}
-		if err := os.Chmod(dest, filesModeBits(info)); err != nil {
-			c.logf("Unable to copy file mode from %s to %s: %v", src, dest, err)
-		}
-		c.outputProduced(dest)
+// filesMoveToFinal renames src to dest, first moving an existing dest aside
+// to its timestamped name as move_out_of_way does.
+func filesMoveToFinal(_ context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
+	if info == nil {
+		c.logf("Path %s does not exist, not moving", src)
 		return nil
-	}, nil
+	}
+	info, err := filesStat(dest)
+	if err != nil {
+		return err
+	}
+	if info != nil {
+		if err := filesMoveAside(c, dest, info.ModTime()); err != nil {
+			return err
+		}
+	}
+	c.logf("Moving %s to %s", src, dest)
+	return filesRename(src, dest)
+}
+
+// filesCopyFile copies one file, replacing an existing destination and
+// keeping the source's permission bits.
+func filesCopyFile(ctx context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
+	if info == nil {
+		return fmt.Errorf("Path %s does not exist, unable to copy", src)
+	}
+	if info.IsDir() {
+		// Before dest is touched: Python deleted dest first.
+		return fmt.Errorf("Error copying %s to %s: %s is a directory", src, dest, src)
+	}
+	c.logf("Copying %s to %s", src, dest)
+	if err := filesMkdirParent(c, dest); err != nil {
+		return err
+	}
+	if err := filesClearDest(c, src, dest, info); err != nil {
+		return err
+	}
+	if err := filesCopyContents(ctx, c, src, dest, info); err != nil {
+		return fmt.Errorf("Error copying %s to %s: %w", src, dest, err)
+	}
+	c.outputProduced(dest)
+	return nil
+}
+
+// filesMoveWithCounter moves src next to dest under dest's name with a
+// counter added, one higher than any counter already there, so that
+// repeated runs (of a video job, say) never overwrite an earlier result.
+func filesMoveWithCounter(ctx context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
+	if info == nil {
+		return fmt.Errorf("Path %s does not exist, unable to move", src)
+	}
+	prefix, suffix := filesCounterParts(filepath.Base(dest))
+	n, err := filesNextCounter(filepath.Dir(dest), prefix, suffix)
+	if err != nil {
+		return err
+	}
+	target := filepath.Join(filepath.Dir(dest), fmt.Sprintf("%s%03d%s", prefix, n, suffix))
+	c.logf("Moving %s to %s", src, target)
+	if err := filesMkdirParent(c, target); err != nil {
+		return err
+	}
+	if err := filesMove(ctx, c, src, target, info); err != nil {
+		return err
+	}
+	c.outputProduced(target)
+	return nil
 }
 
 // cmdRemoveTree removes a file or a whole directory tree. A symbolic link is
@@ -122,8 +141,7 @@ func cmdRemoveTree(ctx context.Context, c *cmdCtx, s settings) (func(context.Con
 	return filesRemove(c, s, "'path' may not be empty", func(path string, info fs.FileInfo) error {
 		c.logf("Removing tree rooted at %s", path)
 		if err := os.RemoveAll(path); err != nil {
-			// RemoveAll's own error names the entry that could not go.
-			return fmt.Errorf("removing tree %s: %w", path, err)
+			return fmt.Errorf("removing tree %s: %w", path, err) // names the entry that could not go
 		}
 		return nil
 	})
@@ -144,27 +162,21 @@ func cmdRemoveFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Con
 }
 
 // filesRemove is what remove_tree and remove_file share: the "path"
-// setting (emptyMsg when it is ""), and success with a log line when the
-// path does not exist; remove gets the rest.
+// setting, and success with a log line when it does not exist.
 func filesRemove(c *cmdCtx, s settings, emptyMsg string, remove func(path string, info fs.FileInfo) error) (func(context.Context) error, error) {
-	path, err := s.str("path", true, "")
-	if err == nil && path == "" {
-		err = errors.New(emptyMsg)
-	}
-	if err == nil {
-		err = filesCheckRemovable(path, c.env.protected)
-	}
-	if err != nil {
+	r := s.reader()
+	path := r.nonEmpty("path", emptyMsg)
+	r.then(func() error { return filesCheckRemovable(path, c.env.protected) })
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(context.Context) error {
 		info, err := filesLstat(path)
-		if err != nil {
+		if err != nil || info == nil {
+			if err == nil {
+				c.logf("Path %s does not exist, so not removing.", path)
+			}
 			return err
-		}
-		if info == nil {
-			c.logf("Path %s does not exist, so not removing.", path)
-			return nil
 		}
 		return remove(path, info)
 	}, nil
@@ -233,53 +245,16 @@ func filesWithin(dir, p string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
-// cmdMoveWithCounter moves src next to dest under dest's name with a
-// counter added, one higher than any counter already there, so that
-// repeated runs (of a video job, say) never overwrite an earlier result.
-func cmdMoveWithCounter(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	src, dest, err := filesSrcDest(s)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error {
-		info, err := filesStat(src)
-		if err != nil {
-			return err
-		}
-		if info == nil {
-			return fmt.Errorf("Path %s does not exist, unable to move", src)
-		}
-		prefix, suffix := filesCounterParts(filepath.Base(dest))
-		target, err := filesNumberedPath(filepath.Dir(dest), prefix, suffix)
-		if err != nil {
-			return err
-		}
-		c.logf("Moving %s to %s", src, target)
-		if err := filesMkdirParent(c, target); err != nil {
-			return err
-		}
-		if err := filesMove(ctx, c, src, target, info); err != nil {
-			return err
-		}
-		c.outputProduced(target)
-		return nil
-	}, nil
-}
-
 // cmdCreatePythonFile writes a Python script, typically the
 // "<blend>-overrides.py" that blender_render then runs.
 func cmdCreatePythonFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	path, err := s.str("filepath", true, "")
-	switch {
-	case err != nil:
-		return nil, err
-	case path == "":
-		return nil, errors.New("filepath may not be empty")
-	case !strings.HasSuffix(path, ".py"):
-		return nil, errors.New("filepath must end in .py")
+	r := s.reader()
+	path := r.nonEmpty("filepath", "filepath may not be empty")
+	if !strings.HasSuffix(path, ".py") {
+		r.failf("filepath must end in .py")
 	}
-	contents, err := s.str("contents", true, "")
-	if err != nil {
+	contents := r.str("contents", true, "")
+	if err := r.err(); err != nil {
 		return nil, err
 	}
 	return func(context.Context) error {
@@ -296,7 +271,6 @@ func cmdCreatePythonFile(ctx context.Context, c *cmdCtx, s settings) (func(conte
 			c.logf("Creating Python file %s", path)
 		}
 		c.logf("contents:\n%s", contents)
-		// Go strings from JSON are UTF-8 already, so the bytes go out as is.
 		if err := os.WriteFile(path, []byte(contents), 0o666); err != nil {
 			return fmt.Errorf("writing %s: %w", path, filesBareErr(err))
 		}
@@ -304,33 +278,14 @@ func cmdCreatePythonFile(ctx context.Context, c *cmdCtx, s settings) (func(conte
 	}, nil
 }
 
-// filesSrcDest reads the "src" and "dest" settings, neither of which may be
-// empty, with the Python worker's messages for empty values.
-func filesSrcDest(s settings) (src, dest string, err error) {
-	if src, err = s.str("src", true, ""); err == nil && src == "" {
-		err = errors.New("src may not be empty")
-	}
-	if err != nil {
-		return "", "", err
-	}
-	if dest, err = s.str("dest", true, ""); err == nil && dest == "" {
-		err = errors.New("dest may not be empty")
-	}
-	return src, dest, err
-}
-
 // filesStat is os.Stat that reports a missing path as a nil FileInfo. Like
 // Python's Path.exists, it follows symbolic links, and a path running
 // through a file (ENOTDIR) does not exist either.
-func filesStat(path string) (fs.FileInfo, error) {
-	return filesMissingIsNil(os.Stat(path))
-}
+func filesStat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.Stat(path)) }
 
 // filesLstat is filesStat without following a final symbolic link, so that
 // a dangling link still counts as something to remove.
-func filesLstat(path string) (fs.FileInfo, error) {
-	return filesMissingIsNil(os.Lstat(path))
-}
+func filesLstat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.Lstat(path)) }
 
 func filesMissingIsNil(info fs.FileInfo, err error) (fs.FileInfo, error) {
 	switch {
@@ -339,7 +294,11 @@ func filesMissingIsNil(info fs.FileInfo, err error) (fs.FileInfo, error) {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 		return nil, nil
 	}
-	return nil, fmt.Errorf("checking %s: %w", filesPathOf(err), filesBareErr(err))
+	path := "path"
+	if pe := (*os.PathError)(nil); errors.As(err, &pe) {
+		path = pe.Path
+	}
+	return nil, fmt.Errorf("checking %s: %w", path, filesBareErr(err))
 }
 
 // filesBareErr drops the operation and path that package os puts into its
@@ -356,40 +315,24 @@ func filesBareErr(err error) error {
 	return err
 }
 
-// filesPathOf is the path an os error is about.
-func filesPathOf(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Path
-	}
-	return "path"
-}
-
-// filesMoveAside renames path to its timestamped backup name.
+// filesMoveAside renames path to "<path>-<mtime>", or when that is taken
+// to "<path>-<mtime>~N" with N one above the highest ~N in use.
 func filesMoveAside(c *cmdCtx, path string, mtime time.Time) error {
-	dst, err := filesBackupPath(path, mtime)
-	if err != nil {
-		return err
-	}
-	c.logf("Moving %s to %s", path, dst)
-	return filesRename(path, dst)
-}
-
-// filesBackupPath is "<path>-<mtime>", or when that is taken
-// "<path>-<mtime>~N" with N one above the highest ~N in use.
-func filesBackupPath(path string, mtime time.Time) (string, error) {
-	// Python's Path drops a trailing slash; the name is appended to the
-	// last component, not inside the directory.
+	// Python's Path drops a trailing slash: the name goes on the last component.
 	if trimmed := strings.TrimRight(path, string(filepath.Separator)); trimmed != "" {
 		path = trimmed
 	}
 	dst := path + "-" + filesStamp(mtime, time.Local)
-	// Lstat: a dangling symbolic link is taken too; renaming onto it would
-	// silently replace it.
-	if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
-		return dst, nil
+	// Lstat: renaming onto a dangling symbolic link would silently replace it.
+	if _, err := os.Lstat(dst); !errors.Is(err, fs.ErrNotExist) {
+		n, err := filesNextCounter(filepath.Dir(dst), filepath.Base(dst)+"~", "")
+		if err != nil {
+			return err
+		}
+		dst += "~" + strconv.Itoa(n)
 	}
-	return filesUniquePath(dst)
+	c.logf("Moving %s to %s", path, dst)
+	return filesRename(path, dst)
 }
 
 // filesStamp formats mtime rounded to whole seconds the way Python's
@@ -399,43 +342,30 @@ func filesStamp(mtime time.Time, loc *time.Location) string {
 	return time.Unix(int64(secs), 0).In(loc).Format(filesStampLayout)
 }
 
-// filesUniquePath is path + "~N", N being 1 + the largest number after the
-// last "~" of the names "<path>~*" next to it. Gaps are not filled, so the
-// newest backup always has the highest number.
-func filesUniquePath(path string) (string, error) {
-	dir, base := filepath.Split(path)
-	entries, err := os.ReadDir(filesDirOrDot(dir))
-	if err != nil {
-		return "", fmt.Errorf("listing %s: %w", filesDirOrDot(dir), filesBareErr(err))
+// filesNextCounter is one more than the highest N of the names
+// <prefix>N<suffix> in dir, N a run of ASCII digits. Gaps are not filled,
+// so the newest always has the highest number.
+//
+// Python cut N out of move_with_counter's names with
+// name[len(prefix):-len(suffix)], which is always empty when the suffix is
+// empty (spec §8.2 #14); cutting by length fixes that.
+func filesNextCounter(dir, prefix, suffix string) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("listing %s: %w", dir, filesBareErr(err))
 	}
 	highest := 0
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasPrefix(name, base+"~") {
+		if len(name) <= len(prefix)+len(suffix) || !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
 			continue
 		}
-		if n, ok := filesDigits(name[strings.LastIndex(name, "~")+1:]); ok {
+		digits := name[len(prefix) : len(name)-len(suffix)]
+		if n, err := strconv.Atoi(digits); err == nil && strings.Trim(digits, "0123456789") == "" {
 			highest = max(highest, n)
 		}
 	}
-	return fmt.Sprintf("%s~%d", path, highest+1), nil
-}
-
-func filesDirOrDot(dir string) string {
-	if dir == "" {
-		return "."
-	}
-	return dir
-}
-
-// filesDigits parses a non-empty run of ASCII digits. Python's int() also
-// takes signs, spaces and "1_000"; a counter never looks like that.
-func filesDigits(s string) (int, bool) {
-	if s == "" || strings.Trim(s, "0123456789") != "" {
-		return 0, false
-	}
-	n, err := strconv.Atoi(s)
-	return n, err == nil
+	return highest + 1, nil
 }
 
 // filesRename is os.Rename with an error naming both paths once.
@@ -475,9 +405,10 @@ func filesClearDest(c *cmdCtx, src, dest string, srcInfo fs.FileInfo) error {
 	return nil
 }
 
-// filesCopyContents copies src's bytes into the new file dst. A partly
-// written dst is removed again, so a failed copy leaves nothing behind.
-func filesCopyContents(ctx context.Context, src, dst string) error {
+// filesCopyContents copies src's bytes into the new file dst, in chunks so
+// that an abort stops a large copy, then the permission bits Python's
+// shutil.copymode copies. A partly written dst is removed again.
+func filesCopyContents(ctx context.Context, c *cmdCtx, src, dst string, info fs.FileInfo) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return filesBareErr(err)
@@ -487,37 +418,22 @@ func filesCopyContents(ctx context.Context, src, dst string) error {
 	if err != nil {
 		return filesBareErr(err)
 	}
-	err = filesCopyChunks(ctx, out, in)
-	if cerr := out.Close(); err == nil {
+	for err == nil {
+		if err = ctx.Err(); err == nil {
+			_, err = io.CopyN(out, in, filesCopyChunk)
+		}
+	}
+	if cerr := out.Close(); err == io.EOF { // the source ran out: done
 		err = cerr
 	}
 	if err != nil {
 		os.Remove(dst)
 		return filesBareErr(err)
 	}
-	return nil
-}
-
-// filesCopyChunks copies in chunks so that an abort stops a large copy.
-func filesCopyChunks(ctx context.Context, out *os.File, in *os.File) error {
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		// CopyN reports io.EOF once the source ran out before the chunk did.
-		_, err := io.CopyN(out, in, filesCopyChunk)
-		switch {
-		case err == io.EOF:
-			return nil
-		case err != nil:
-			return err
-		}
+	if err := os.Chmod(dst, info.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
+		c.logf("Unable to copy file mode from %s to %s: %v", src, dst, err)
 	}
-}
-
-// filesModeBits are the bits Python's shutil.copymode copies.
-func filesModeBits(info fs.FileInfo) fs.FileMode {
-	return info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	return nil
 }
 
 // filesCounterParts splits a file name into what goes before and after the
@@ -534,31 +450,6 @@ func filesCounterParts(name string) (prefix, suffix string) {
 	return name + "_", ""
 }
 
-// filesNumberedPath is dir/<prefix>NNN<suffix>, NNN (at least three digits)
-// being one more than the highest number between prefix and suffix of the
-// names already in dir.
-//
-// Python cut the number out with name[len(prefix):-len(suffix)], which is
-// always empty when the suffix is empty, so such names never found their
-// earlier counters (spec §8.2 #14). Cutting by length here fixes that.
-func filesNumberedPath(dir, prefix, suffix string) (string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("listing %s: %w", dir, filesBareErr(err))
-	}
-	highest := 0
-	for _, e := range entries {
-		name := e.Name()
-		if len(name) < len(prefix)+len(suffix) || !strings.HasPrefix(name, prefix) || !strings.HasSuffix(name, suffix) {
-			continue
-		}
-		if n, ok := filesDigits(name[len(prefix) : len(name)-len(suffix)]); ok {
-			highest = max(highest, n)
-		}
-	}
-	return filepath.Join(dir, fmt.Sprintf("%s%03d%s", prefix, highest+1, suffix)), nil
-}
-
 // filesMove renames src to dst. Like Python's shutil.move it falls back to
 // copy-and-delete when dst is on another file system, here for regular
 // files only.
@@ -570,11 +461,8 @@ func filesMove(ctx context.Context, c *cmdCtx, src, dst string, info fs.FileInfo
 	if !errors.Is(err, syscall.EXDEV) || !info.Mode().IsRegular() {
 		return fmt.Errorf("moving %s to %s: %w", src, dst, filesBareErr(err))
 	}
-	if err := filesCopyContents(ctx, src, dst); err != nil {
+	if err := filesCopyContents(ctx, c, src, dst, info); err != nil {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)
-	}
-	if err := os.Chmod(dst, filesModeBits(info)); err != nil {
-		c.logf("Unable to copy file mode from %s to %s: %v", src, dst, err)
 	}
 	if err := os.Chtimes(dst, time.Time{}, info.ModTime()); err != nil {
 		c.logf("Unable to copy modification time from %s to %s: %v", src, dst, err)
