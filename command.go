@@ -14,17 +14,14 @@ import (
 // before anything runs; an error from run fails it as "Error executing".
 type commandFunc func(ctx context.Context, c *cmdCtx, s settings) (run func(ctx context.Context) error, err error)
 
-// validated adapts a validator, which returns the validated command, to a
-// commandFunc.
-func validated[T interface {
-	run(context.Context, *cmdCtx) error
-}](validate func(context.Context, *cmdCtx, settings) (T, error)) commandFunc {
+// runner is what a validator returns: the command, validated, ready to run.
+type runner interface{ run(context.Context, *cmdCtx) error }
+
+// validated adapts a validator to a commandFunc.
+func validated[T runner](validate func(context.Context, *cmdCtx, settings) (T, error)) commandFunc {
 	return func(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 		v, err := validate(ctx, c, s)
-		if err != nil {
-			return nil, err
-		}
-		return func(ctx context.Context) error { return v.run(ctx, c) }, nil
+		return func(ctx context.Context) error { return v.run(ctx, c) }, err
 	}
 }
 
@@ -51,7 +48,7 @@ type cmdCtx struct {
 	timing *timing
 }
 
-// identifier names the command in error messages, as the Python worker does.
+// identifier names the command in error messages, as in the Python worker.
 func (c *cmdCtx) identifier() string {
 	return fmt.Sprintf("%s.(task_id=%s, command_idx=%d)", c.name, c.taskID, c.idx)
 }
@@ -61,14 +58,12 @@ func (c *cmdCtx) logf(format string, args ...any) {
 	c.rep.log(c.name + ": " + fmt.Sprintf(format, args...))
 }
 
-// activity replaces the task's activity text.
 func (c *cmdCtx) activity(a string) { c.rep.setActivity(a) }
 
-// progress reports the command's progress as a fraction from 0 to 1.
+// progress is the command's progress as a fraction from 0 to 1.
 func (c *cmdCtx) progress(frac float64) { c.rep.progress(frac) }
 
-// outputProduced tells the Manager about a new output file (for its
-// "latest image"); the notifier throttles.
+// outputProduced tells the Manager about a new file for its "latest image".
 func (c *cmdCtx) outputProduced(path string) {
 	if c.env.output != nil {
 		c.env.output(path)
@@ -104,8 +99,6 @@ func (t *timing) checkpoint(name string) {
 	}
 	t.lastName, t.lastStart = name, now
 }
-
-func (t *timing) String() string { return timingString(t.values) }
 
 // absPath makes p absolute without touching the file system.
 func absPath(p string) string {

@@ -20,8 +20,8 @@ var commandRegistry = map[string]commandFunc{
 	"move_out_of_way":    cmdMoveOutOfWay,
 	"move_to_final":      filesSrcDestCmd(filesMoveToFinal),
 	"copy_file":          filesSrcDestCmd(filesCopyFile),
-	"remove_tree":        cmdRemoveTree,
-	"remove_file":        cmdRemoveFile,
+	"remove_tree":        filesRemove(true),
+	"remove_file":        filesRemove(false),
 	"move_with_counter":  filesSrcDestCmd(filesMoveWithCounter),
 	"create_python_file": cmdCreatePythonFile,
 
@@ -84,7 +84,7 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 	start := time.Now()
 	err = run(ctx)
 	c.timing.set("total", time.Since(start))
-	c.logf("command timing information: %s", c.timing.String())
+	c.logf("command timing information: %s", timingString(c.timing.values))
 	c.rep.addTiming(c.timing.values)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -103,13 +103,7 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 func cmdEcho(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	r := s.reader()
 	msg := r.str("message", true, "")
-	if err := r.err(); err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		c.rep.log(msg)
-		return nil
-	}, nil
+	return func(context.Context) error { c.rep.log(msg); return nil }, r.err()
 }
 
 func cmdSleep(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
@@ -118,29 +112,21 @@ func cmdSleep(ctx context.Context, c *cmdCtx, s settings) (func(context.Context)
 	if secs < 0 {
 		r.failf("%q may not be negative", "time_in_seconds")
 	}
-	if err := r.err(); err != nil {
-		return nil, err
-	}
 	return func(ctx context.Context) error {
 		c.logf("Sleeping for %s seconds", text)
-		t := time.NewTimer(time.Duration(secs * float64(time.Second)))
-		defer t.Stop()
 		select {
-		case <-t.C:
+		case <-time.After(time.Duration(secs * float64(time.Second))):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		c.logf("Done sleeping for %s seconds", text)
 		return nil
-	}, nil
+	}, r.err()
 }
 
 func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	r := s.reader()
 	n := r.integer("lines", false, 20000)
-	if err := r.err(); err != nil {
-		return nil, err
-	}
 	return func(ctx context.Context) error {
 		c.activity(fmt.Sprintf("logging %d lines", n))
 		for i := int64(0); i < n; i++ {
@@ -151,19 +137,14 @@ func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Contex
 			c.progress(float64(i+1) / float64(n))
 		}
 		return nil
-	}, nil
+	}, r.err()
 }
 
 func cmdExec(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	r := s.reader()
 	argv := r.commandLine("cmd", true, "")
 	r.then(c.checkPIDFile)
-	if err := r.err(); err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error {
-		return c.subprocess(ctx, argv, nil)
-	}, nil
+	return func(ctx context.Context) error { return c.subprocess(ctx, argv, nil) }, r.err()
 }
 
 // task is what the worker uses of the Manager's Task document (§2.1).

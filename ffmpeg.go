@@ -15,9 +15,8 @@ import (
 // the input files (spec/python-worker.md §5.6).
 const ffmpegIndexName = "ffmpeg-input.txt"
 
-// ffmpegCmd validates the optional "ffmpeg_cmd" setting (default "ffmpeg";
-// the Manager fills in {ffmpeg}): split shell-style, its first word found
-// on $PATH.
+// ffmpegCmd reads "ffmpeg_cmd" (the Manager fills in {ffmpeg}); its first
+// word must be on $PATH.
 func ffmpegCmd(r *settingsReader) []string {
 	argv := r.commandLine("ffmpeg_cmd", false, "ffmpeg")
 	r.then(func() error {
@@ -29,17 +28,15 @@ func ffmpegCmd(r *settingsReader) []string {
 	return argv
 }
 
-// ffmpegJob is a validated FFmpeg command: its argv, the concat index it
-// needs (if any) and the output file.
+// ffmpegJob is a validated FFmpeg command.
 type ffmpegJob struct {
 	argv      []string
 	indexGlob string // write ffmpeg-input.txt for this glob before running
 	output    string
 }
 
-// run writes the index file if needed, runs FFmpeg, and removes the index.
-// The output's directory is created first (the Python worker let FFmpeg
-// fail on a missing directory).
+// run creates the output's directory (the Python worker let FFmpeg fail on
+// a missing one) and the index if needed, and runs FFmpeg.
 func (j *ffmpegJob) run(ctx context.Context, c *cmdCtx) error {
 	if err := c.mkdirAll(filepath.Dir(j.output)); err != nil {
 		return fmt.Errorf("creating the output directory: %w", err)
@@ -127,8 +124,7 @@ func validateEncodeAudio(_ context.Context, _ *cmdCtx, s settings) (*ffmpegJob, 
 	return &ffmpegJob{argv: argv, output: output}, r.err()
 }
 
-// existingFile reads a required path setting that must exist, and returns
-// it absolute.
+// existingFile reads a path setting that must exist, and makes it absolute.
 func existingFile(r *settingsReader, key, what string) string {
 	p := r.nonEmpty(key)
 	r.then(func() error {

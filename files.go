@@ -19,10 +19,6 @@ import (
 	"time"
 )
 
-// filesStampLayout is Python's mtime.isoformat() with 'T' → '_' and the
-// colons removed: 2012-03-02_191812.
-const filesStampLayout = "2006-01-02_150405"
-
 // filesCopyChunk is how much is copied between checks for an abort;
 // io.CopyN keeps the kernel's copy_file_range fast path.
 const filesCopyChunk = 64 << 20
@@ -33,19 +29,17 @@ func cmdMoveOutOfWay(ctx context.Context, c *cmdCtx, s settings) (func(context.C
 	// Python accepts "", the working directory, which is never what a job means.
 	r := s.reader()
 	src := r.nonEmpty("src")
-	if err := r.err(); err != nil {
-		return nil, err
-	}
 	return func(context.Context) error {
 		info, err := filesStat(src)
-		if err != nil || info == nil {
-			if err == nil {
-				c.logf("Render output path %s does not exist, not moving out of way", src)
-			}
+		switch {
+		case err != nil:
 			return err
+		case info == nil:
+			c.logf("Render output path %s does not exist, not moving out of way", src)
+			return nil
 		}
 		return filesMoveAside(c, src, info.ModTime())
-	}, nil
+	}, r.err()
 }
 
 // filesSrcDestCmd is the commandFunc of a command with the settings "src"
@@ -54,21 +48,17 @@ func filesSrcDestCmd(run func(ctx context.Context, c *cmdCtx, src, dest string, 
 	return func(_ context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 		r := s.reader()
 		src, dest := r.nonEmpty("src", "src may not be empty"), r.nonEmpty("dest", "dest may not be empty")
-		if err := r.err(); err != nil {
-			return nil, err
-		}
 		return func(ctx context.Context) error {
 			info, err := filesStat(src)
 			if err != nil {
 				return err
 			}
 			return run(ctx, c, src, dest, info)
-		}, nil
+		}, r.err()
 	}
 }
 
-// filesMoveToFinal renames src to dest, first moving an existing dest aside
-// to its timestamped name as move_out_of_way does.
+// filesMoveToFinal renames src to dest, moving an existing dest aside first.
 func filesMoveToFinal(_ context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
 	if info == nil {
 		c.logf("Path %s does not exist, not moving", src)
@@ -87,14 +77,12 @@ func filesMoveToFinal(_ context.Context, c *cmdCtx, src, dest string, info fs.Fi
 	return filesRename(src, dest)
 }
 
-// filesCopyFile copies one file, replacing an existing destination and
-// keeping the source's permission bits.
+// filesCopyFile copies one file over dest, with the source's mode bits.
 func filesCopyFile(ctx context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
 	if info == nil {
 		return fmt.Errorf("Path %s does not exist, unable to copy", src)
 	}
-	if info.IsDir() {
-		// Before dest is touched: Python deleted dest first.
+	if info.IsDir() { // before dest is touched: Python deleted dest first
 		return fmt.Errorf("Error copying %s to %s: %s is a directory", src, dest, src)
 	}
 	c.logf("Copying %s to %s", src, dest)
@@ -111,9 +99,8 @@ func filesCopyFile(ctx context.Context, c *cmdCtx, src, dest string, info fs.Fil
 	return nil
 }
 
-// filesMoveWithCounter moves src next to dest under dest's name with a
-// counter added, one higher than any counter already there, so that
-// repeated runs (of a video job, say) never overwrite an earlier result.
+// filesMoveWithCounter moves src to dest's name with a counter one above any
+// there, so that repeated runs never overwrite an earlier result.
 func filesMoveWithCounter(ctx context.Context, c *cmdCtx, src, dest string, info fs.FileInfo) error {
 	if info == nil {
 		return fmt.Errorf("Path %s does not exist, unable to move", src)
@@ -135,56 +122,42 @@ func filesMoveWithCounter(ctx context.Context, c *cmdCtx, src, dest string, info
 	return nil
 }
 
-// cmdRemoveTree removes a file or a whole directory tree. A symbolic link is
-// removed as a link; what it points to is never touched.
-func cmdRemoveTree(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return filesRemove(c, s, "'path' may not be empty", func(path string, info fs.FileInfo) error {
-		c.logf("Removing tree rooted at %s", path)
-		if err := os.RemoveAll(path); err != nil {
-			return fmt.Errorf("removing tree %s: %w", path, err) // names the entry that could not go
-		}
-		return nil
-	})
-}
-
-// cmdRemoveFile removes one file (or symbolic link) and refuses directories.
-func cmdRemoveFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	return filesRemove(c, s, "Parameter 'path' cannot be empty.", func(path string, info fs.FileInfo) error {
-		if info.IsDir() {
-			return fmt.Errorf("Path %s is a directory. Cannot remove with this command; use remove_tree instead.", path)
-		}
-		c.logf("Removing file %s", path)
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("removing %s: %w", path, filesBareErr(err))
-		}
-		return nil
-	})
-}
-
-// filesRemove is what remove_tree and remove_file share: the "path"
-// setting, and success with a log line when it does not exist.
-func filesRemove(c *cmdCtx, s settings, emptyMsg string, remove func(path string, info fs.FileInfo) error) (func(context.Context) error, error) {
-	r := s.reader()
-	path := r.nonEmpty("path", emptyMsg)
-	r.then(func() error { return filesCheckRemovable(path, c.env.protected) })
-	if err := r.err(); err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		info, err := filesLstat(path)
-		if err != nil || info == nil {
-			if err == nil {
+// filesRemove is remove_tree (a file or a whole tree) or remove_file (one
+// file, not a directory). A symbolic link is removed as a link; a missing
+// path is a success.
+func filesRemove(tree bool) commandFunc {
+	emptyMsg := map[bool]string{true: "'path' may not be empty", false: "Parameter 'path' cannot be empty."}[tree]
+	return func(_ context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
+		r := s.reader()
+		path := r.nonEmpty("path", emptyMsg)
+		r.then(func() error { return filesCheckRemovable(path, c.env.protected) })
+		return func(context.Context) error {
+			info, err := filesLstat(path)
+			switch {
+			case err != nil:
+				return err
+			case info == nil:
 				c.logf("Path %s does not exist, so not removing.", path)
+			case tree:
+				c.logf("Removing tree rooted at %s", path)
+				if err := os.RemoveAll(path); err != nil {
+					return fmt.Errorf("removing tree %s: %w", path, err) // names the entry that could not go
+				}
+			case info.IsDir():
+				return fmt.Errorf("Path %s is a directory. Cannot remove with this command; use remove_tree instead.", path)
+			default:
+				c.logf("Removing file %s", path)
+				if err := os.Remove(path); err != nil {
+					return fmt.Errorf("removing %s: %w", path, filesBareErr(err))
+				}
 			}
-			return err
-		}
-		return remove(path, info)
-	}, nil
+			return nil
+		}, r.err()
+	}
 }
 
-// protectedPaths is what remove_tree and remove_file refuse to remove, or
-// an ancestor of: the working directory and the queue file with SQLite's
-// side files, as absolute paths.
+// protectedPaths are what remove_tree and remove_file refuse to remove with
+// an ancestor: the working directory, the queue file and SQLite's side files.
 func protectedPaths(queueDB string) []string {
 	var out []string
 	if wd, err := os.Getwd(); err == nil {
@@ -196,11 +169,9 @@ func protectedPaths(queueDB string) []string {
 	return out
 }
 
-// filesCheckRemovable refuses a path whose removal would take the
-// filesystem root, the working directory or the queue file with it. The
-// links in the path's directories are resolved; the last element is
-// removed as itself (a symbolic link as a link), unless a trailing slash
-// makes the removal follow it.
+// filesCheckRemovable refuses the filesystem root and the ancestors of the
+// protected paths. Links are resolved except the last element (removed as a
+// link) unless a trailing slash makes the removal follow it.
 func filesCheckRemovable(path string, protected []string) error {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -245,8 +216,8 @@ func filesWithin(dir, p string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
-// cmdCreatePythonFile writes a Python script, typically the
-// "<blend>-overrides.py" that blender_render then runs.
+// cmdCreatePythonFile writes a script, typically the <blend>-overrides.py
+// that blender_render runs.
 func cmdCreatePythonFile(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
 	r := s.reader()
 	path := r.nonEmpty("filepath", "filepath may not be empty")
@@ -254,37 +225,30 @@ func cmdCreatePythonFile(ctx context.Context, c *cmdCtx, s settings) (func(conte
 		r.failf("filepath must end in .py")
 	}
 	contents := r.str("contents", true, "")
-	if err := r.err(); err != nil {
-		return nil, err
-	}
 	return func(context.Context) error {
 		if err := filesMkdirParent(c, path); err != nil {
 			return err
 		}
-		info, err := filesStat(path)
-		if err != nil {
+		verb := "Creating"
+		if info, err := filesStat(path); err != nil {
 			return err
+		} else if info != nil {
+			verb = "Overwriting"
 		}
-		if info != nil {
-			c.logf("Overwriting Python file %s", path)
-		} else {
-			c.logf("Creating Python file %s", path)
-		}
+		c.logf("%s Python file %s", verb, path)
 		c.logf("contents:\n%s", contents)
 		if err := os.WriteFile(path, []byte(contents), 0o666); err != nil {
 			return fmt.Errorf("writing %s: %w", path, filesBareErr(err))
 		}
 		return nil
-	}, nil
+	}, r.err()
 }
 
-// filesStat is os.Stat that reports a missing path as a nil FileInfo. Like
-// Python's Path.exists, it follows symbolic links, and a path running
-// through a file (ENOTDIR) does not exist either.
+// filesStat is os.Stat with a nil FileInfo for a missing path; like Python's
+// Path.exists, a path running through a file (ENOTDIR) is missing too.
 func filesStat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.Stat(path)) }
 
-// filesLstat is filesStat without following a final symbolic link, so that
-// a dangling link still counts as something to remove.
+// filesLstat: a dangling link still counts as something to remove.
 func filesLstat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.Lstat(path)) }
 
 func filesMissingIsNil(info fs.FileInfo, err error) (fs.FileInfo, error) {
@@ -301,8 +265,8 @@ func filesMissingIsNil(info fs.FileInfo, err error) (fs.FileInfo, error) {
 	return nil, fmt.Errorf("checking %s: %w", path, filesBareErr(err))
 }
 
-// filesBareErr drops the operation and path that package os puts into its
-// errors, for messages that name their paths themselves.
+// filesBareErr drops the operation and path of package os's errors, for
+// messages that name their paths themselves.
 func filesBareErr(err error) error {
 	var pe *os.PathError
 	var le *os.LinkError
@@ -335,20 +299,16 @@ func filesMoveAside(c *cmdCtx, path string, mtime time.Time) error {
 	return filesRename(path, dst)
 }
 
-// filesStamp formats mtime rounded to whole seconds the way Python's
-// round(st_mtime) does (half to even) in loc.
+// filesStamp is Python's round(st_mtime) (half to even) as isoformat() in
+// loc with 'T' → '_' and no colons: 2012-03-02_191812.
 func filesStamp(mtime time.Time, loc *time.Location) string {
 	secs := math.RoundToEven(float64(mtime.Unix()) + float64(mtime.Nanosecond())/1e9)
-	return time.Unix(int64(secs), 0).In(loc).Format(filesStampLayout)
+	return time.Unix(int64(secs), 0).In(loc).Format("2006-01-02_150405")
 }
 
-// filesNextCounter is one more than the highest N of the names
-// <prefix>N<suffix> in dir, N a run of ASCII digits. Gaps are not filled,
-// so the newest always has the highest number.
-//
-// Python cut N out of move_with_counter's names with
-// name[len(prefix):-len(suffix)], which is always empty when the suffix is
-// empty (spec §8.2 #14); cutting by length fixes that.
+// filesNextCounter is one more than the highest N (ASCII digits) of the
+// names <prefix>N<suffix> in dir; gaps are not filled. Python cut N with
+// name[len(prefix):-len(suffix)], empty for an empty suffix (spec §8.2 #14).
 func filesNextCounter(dir, prefix, suffix string) (int, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -368,7 +328,6 @@ func filesNextCounter(dir, prefix, suffix string) (int, error) {
 	return highest + 1, nil
 }
 
-// filesRename is os.Rename with an error naming both paths once.
 func filesRename(src, dst string) error {
 	if err := os.Rename(src, dst); err != nil {
 		return fmt.Errorf("moving %s to %s: %w", src, dst, filesBareErr(err))
@@ -376,7 +335,6 @@ func filesRename(src, dst string) error {
 	return nil
 }
 
-// filesMkdirParent creates the directory that will hold path.
 func filesMkdirParent(c *cmdCtx, path string) error {
 	dir := filepath.Dir(path)
 	if err := c.mkdirAll(dir); err != nil {
@@ -385,8 +343,8 @@ func filesMkdirParent(c *cmdCtx, path string) error {
 	return nil
 }
 
-// filesClearDest deletes an existing copy_file destination, refusing a
-// directory and the source itself (Python deleted both and lost the file).
+// filesClearDest deletes an existing copy_file dest, refusing a directory and
+// the source itself (Python deleted both).
 func filesClearDest(c *cmdCtx, src, dest string, srcInfo fs.FileInfo) error {
 	info, err := filesLstat(dest)
 	if err != nil || info == nil {
@@ -405,9 +363,8 @@ func filesClearDest(c *cmdCtx, src, dest string, srcInfo fs.FileInfo) error {
 	return nil
 }
 
-// filesCopyContents copies src's bytes into the new file dst, in chunks so
-// that an abort stops a large copy, then the permission bits Python's
-// shutil.copymode copies. A partly written dst is removed again.
+// filesCopyContents copies src into the new file dst in chunks, so that an
+// abort stops a large copy, then shutil.copymode's bits. A partial dst goes.
 func filesCopyContents(ctx context.Context, c *cmdCtx, src, dst string, info fs.FileInfo) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -436,10 +393,9 @@ func filesCopyContents(ctx context.Context, c *cmdCtx, src, dst string, info fs.
 	return nil
 }
 
-// filesCounterParts splits a file name into what goes before and after the
-// counter: "2018_06_12-spring.mkv" → "2018_06_12_", "-spring.mkv" (the
-// regex ^([0-9_]+)(.*)$), otherwise stem + "_" and extension as Python's
-// pathlib defines them ("jemoeder.mkv" → "jemoeder_", ".mkv").
+// filesCounterParts splits a name around the counter: the regex
+// ^([0-9_]+)(.*)$ ("2018_06_12-spring.mkv" → "2018_06_12_", "-spring.mkv"),
+// else pathlib's stem + "_" and suffix ("jemoeder.mkv" → "jemoeder_", ".mkv").
 func filesCounterParts(name string) (prefix, suffix string) {
 	if n := len(name) - len(strings.TrimLeft(name, "0123456789_")); n > 0 {
 		return name[:n] + "_", name[n:]
@@ -450,9 +406,8 @@ func filesCounterParts(name string) (prefix, suffix string) {
 	return name + "_", ""
 }
 
-// filesMove renames src to dst. Like Python's shutil.move it falls back to
-// copy-and-delete when dst is on another file system, here for regular
-// files only.
+// filesMove is shutil.move: rename, or copy-and-delete (of a regular file)
+// across file systems.
 func filesMove(ctx context.Context, c *cmdCtx, src, dst string, info fs.FileInfo) error {
 	err := os.Rename(src, dst)
 	if err == nil {

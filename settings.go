@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -25,17 +26,15 @@ func (s settings) reader() *settingsReader { return &settingsReader{s: s} }
 
 func (r *settingsReader) err() error { return r.first }
 
-// fail records err (nil is ignored) unless an earlier error stands.
-func (r *settingsReader) fail(err error) {
+// failf records an error unless an earlier one stands.
+func (r *settingsReader) failf(format string, args ...any) {
 	if r.first == nil {
-		r.first = err
+		r.first = fmt.Errorf(format, args...)
 	}
 }
 
-func (r *settingsReader) failf(format string, args ...any) { r.fail(fmt.Errorf(format, args...)) }
-
-// then runs check, a step of the validation that is not a read (it may
-// touch the file system), unless an earlier step failed.
+// then runs check, a step that is not a read (it may touch the file
+// system), unless an earlier step failed.
 func (r *settingsReader) then(check func() error) {
 	if r.first == nil {
 		r.first = check()
@@ -82,7 +81,7 @@ func (r *settingsReader) str(key string, required bool, def string) string {
 func (r *settingsReader) nonEmpty(key string, emptyMsg ...string) string {
 	v := r.str(key, true, "")
 	if v == "" && len(emptyMsg) > 0 {
-		r.fail(errors.New(emptyMsg[0]))
+		r.failf("%s", emptyMsg[0])
 	} else if v == "" {
 		r.failf("%q may not be empty", key)
 	}
@@ -182,22 +181,20 @@ func shlexSplit(s string) ([]string, error) {
 	var cur strings.Builder
 	inWord := false
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+		switch c := s[i]; {
+		case strings.IndexByte(" \t\n\r", c) >= 0:
 			if inWord {
 				words = append(words, cur.String())
 				cur.Reset()
-				inWord = false
 			}
+			inWord = false
+			continue
 		case c == '\\':
-			inWord = true
 			if i+1 < len(s) {
 				i++
 				cur.WriteByte(s[i])
 			}
 		case c == '\'':
-			inWord = true
 			end := strings.IndexByte(s[i+1:], '\'')
 			if end < 0 {
 				return nil, fmt.Errorf("no closing quotation in %q", s)
@@ -205,25 +202,19 @@ func shlexSplit(s string) ([]string, error) {
 			cur.WriteString(s[i+1 : i+1+end])
 			i += end + 1
 		case c == '"':
-			inWord = true
-			closed := false
-			for i++; i < len(s); i++ {
-				if s[i] == '"' {
-					closed = true
-					break
-				}
+			for i++; i < len(s) && s[i] != '"'; i++ {
 				if s[i] == '\\' && i+1 < len(s) && (s[i+1] == '\\' || s[i+1] == '"') {
 					i++
 				}
 				cur.WriteByte(s[i])
 			}
-			if !closed {
+			if i == len(s) {
 				return nil, fmt.Errorf("no closing quotation in %q", s)
 			}
 		default:
-			inWord = true
 			cur.WriteByte(c)
 		}
+		inWord = true
 	}
 	if inWord {
 		words = append(words, cur.String())
@@ -231,19 +222,14 @@ func shlexSplit(s string) ([]string, error) {
 	return words, nil
 }
 
-// shellQuote quotes one word as Python's shlex.quote does.
+// shellUnsafe is what makes Python's shlex.quote quote a word.
+var shellUnsafe = regexp.MustCompile(`[^\w@%+=:,./-]`)
+
 func shellQuote(s string) string {
 	if s == "" {
 		return "''"
 	}
-	safe := true
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_@%+=:,./-", r)) {
-			safe = false
-			break
-		}
-	}
-	if safe {
+	if !shellUnsafe.MatchString(s) {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
