@@ -15,7 +15,9 @@ import (
 type commandFunc func(ctx context.Context, c *cmdCtx, s settings) (run func(ctx context.Context) error, err error)
 
 // runner is what a validator returns: the command, validated, ready to run.
-type runner interface{ run(context.Context, *cmdCtx) error }
+type runner interface {
+	run(context.Context, *cmdCtx) error
+}
 
 // validated adapts a validator to a commandFunc.
 func validated[T runner](validate func(context.Context, *cmdCtx, settings) (T, error)) commandFunc {
