@@ -44,7 +44,8 @@ func (r *blenderRender) run(ctx context.Context, c *cmdCtx) error {
 func validateBlenderRender(ctx context.Context, c *cmdCtx, s settings) (*blenderRender, error) {
 	sr := s.reader()
 	r := &blenderRender{renderOutput: sr.str("render_output", false, "")}
-	if dir := filepath.Dir(r.renderOutput); r.renderOutput != "" {
+	if r.renderOutput != "" {
+		dir := filepath.Dir(r.renderOutput)
 		if err := c.mkdirAll(dir); err != nil {
 			sr.failf("%q: dir %s cannot be created: %w", "render_output", dir, err)
 		}

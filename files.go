@@ -252,17 +252,16 @@ func filesStat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.S
 func filesLstat(path string) (fs.FileInfo, error) { return filesMissingIsNil(os.Lstat(path)) }
 
 func filesMissingIsNil(info fs.FileInfo, err error) (fs.FileInfo, error) {
+	var pe *os.PathError
 	switch {
 	case err == nil:
 		return info, nil
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 		return nil, nil
+	case errors.As(err, &pe):
+		return nil, fmt.Errorf("checking %s: %w", pe.Path, pe.Err)
 	}
-	path := "path"
-	if pe := (*os.PathError)(nil); errors.As(err, &pe) {
-		path = pe.Path
-	}
-	return nil, fmt.Errorf("checking %s: %w", path, filesBareErr(err))
+	return nil, fmt.Errorf("checking path: %w", err)
 }
 
 // filesBareErr drops the operation and path of package os's errors, for
