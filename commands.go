@@ -38,9 +38,8 @@ var commandRegistry = map[string]commandFunc{
 	"encode_audio":       validated(validateEncodeAudio),
 }
 
-// runCommands runs the task's commands in order and reports whether all of
-// them succeeded. The first failing command stops the task. It returns
-// ctx's error when the task was aborted.
+// runCommands runs the task's commands until one fails and reports whether
+// all succeeded; it returns ctx's error when the task was aborted.
 func runCommands(ctx context.Context, t *task, rep *reporter, env *runEnv) (ok bool, err error) {
 	rep.nCommands = max(len(t.Commands), 1)
 	for i, cmd := range t.Commands {

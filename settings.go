@@ -9,14 +9,12 @@ import (
 	"strings"
 )
 
-// settings are a command's settings as the Manager sent them, decoded with
-// json.Number so that integers (3) and floats (3.0) stay apart, as they do
-// for the Python worker.
+// settings are a command's settings, decoded with json.Number so that
+// integers (3) and floats (3.0) stay apart, as for the Python worker.
 type settings map[string]any
 
-// settingsReader reads settings one after another and keeps the first error;
-// the reads after it are no-ops, so the first bad setting is the one
-// reported, as by the Python worker.
+// settingsReader keeps the first error and makes the reads after it no-ops:
+// the first bad setting is the one reported, as by the Python worker.
 type settingsReader struct {
 	s     settings
 	first error
