@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -181,15 +182,11 @@ func decodeTask(body []byte) (*task, error) {
 	}
 	t := &task{ID: doc.ID}
 	for _, c := range *doc.Commands {
-		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
-		if tc.RawSettings == "" {
-			tc.RawSettings = "(none)"
-		}
+		tc := taskCommand{Name: c.Name, RawSettings: cmp.Or(string(c.Settings), "(none)")}
 		dec := json.NewDecoder(bytes.NewReader(c.Settings))
 		dec.UseNumber()
-		var s map[string]any
-		if err := dec.Decode(&s); err == nil && s != nil {
-			tc.Settings = s
+		if dec.Decode(&tc.Settings) != nil {
+			tc.Settings = nil
 		}
 		t.Commands = append(t.Commands, tc)
 	}

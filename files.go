@@ -408,12 +408,8 @@ func filesCounterParts(name string) (prefix, suffix string) {
 // filesMove is shutil.move: rename, or copy-and-delete (of a regular file)
 // across file systems.
 func filesMove(ctx context.Context, c *cmdCtx, src, dst string, info fs.FileInfo) error {
-	err := os.Rename(src, dst)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, syscall.EXDEV) || !info.Mode().IsRegular() {
-		return fmt.Errorf("moving %s to %s: %w", src, dst, filesBareErr(err))
+	if err := filesRename(src, dst); err == nil || !errors.Is(err, syscall.EXDEV) || !info.Mode().IsRegular() {
+		return err
 	}
 	if err := filesCopyContents(ctx, c, src, dst, info); err != nil {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)

@@ -114,11 +114,7 @@ func (r *settingsReader) number(key string, required bool) (float64, string) {
 // commandLine reads a command-line setting (exec's cmd, blender_cmd,
 // ffmpeg_cmd) and splits it shell-style; it may not be empty.
 func (r *settingsReader) commandLine(key string, required bool, def string) []string {
-	line := r.str(key, required, def)
-	if r.first != nil {
-		return nil
-	}
-	argv, err := shlexSplit(line)
+	argv, err := shlexSplit(r.str(key, required, def)) // "" after an error: no words
 	if err != nil {
 		r.failf("%q: %v", key, err)
 	} else if len(argv) == 0 {
