@@ -32,60 +32,29 @@ type blenderRender struct {
 	frames       string
 }
 
-func cmdBlenderRender(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	r, err := validateBlenderRender(ctx, c, s)
-	return blenderCommand(err, func(ctx context.Context) error { return c.renderBlend(ctx, r, r.argv) })
-}
-
-// blenderCommand hands run to the runner once validation has passed.
-func blenderCommand(err error, run func(context.Context) error) (func(context.Context) error, error) {
-	if err != nil {
-		return nil, err
-	}
-	return run, nil
-}
-
-// renderBlend looks up the blend file's override script, then runs argv().
-func (c *cmdCtx) renderBlend(ctx context.Context, r *blenderRender, argv func() []string) error {
+func (r *blenderRender) run(ctx context.Context, c *cmdCtx) error {
 	r.overrideFile = c.findOverrideFile(r.filepath)
-	return c.runBlender(ctx, argv(), r.frames)
+	return c.runBlender(ctx, r.argv(), r.frames)
 }
 
 // validateBlenderRender checks blender_render's own settings, then the
 // settings every Blender command shares, in the Python worker's order.
 func validateBlenderRender(ctx context.Context, c *cmdCtx, s settings) (*blenderRender, error) {
-	r := &blenderRender{}
-	var err error
-	if r.renderOutput, err = s.str("render_output", false, ""); err != nil {
-		return nil, err
-	}
+	sr := s.reader()
+	r := &blenderRender{renderOutput: sr.str("render_output", false, "")}
 	if r.renderOutput != "" {
 		dir := filepath.Dir(r.renderOutput)
 		if err := c.mkdirAll(dir); err != nil {
-			return nil, fmt.Errorf("%q: dir %s cannot be created: %w", "render_output", dir, err)
+			sr.failf("%q: dir %s cannot be created: %w", "render_output", dir, err)
 		}
 	}
-	if r.frames, err = s.str("frames", false, ""); err != nil {
-		return nil, err
-	}
-	renderFormat, err := s.str("render_format", false, "")
-	if err != nil {
-		return nil, err
-	}
+	r.frames = sr.str("frames", false, "")
 	// The Python worker validated render_format but only used format; we
 	// fall back to render_format when format is absent.
-	format, err := s.str("format", false, renderFormat)
-	if err != nil {
-		return nil, err
-	}
-	r.format = blenderCLIFormat(format)
-	if r.pythonExpr, err = s.str("python_expr", false, ""); err != nil {
-		return nil, err
-	}
-	if r.cmd, r.filepath, err = validateBlenderBase(ctx, c, s); err != nil {
-		return nil, err
-	}
-	return r, nil
+	r.format = blenderCLIFormat(sr.str("format", false, sr.str("render_format", false, "")))
+	r.pythonExpr = sr.str("python_expr", false, "")
+	r.cmd, r.filepath = validateBlenderBase(ctx, c, sr)
+	return r, sr.err()
 }
 
 // blenderCLIFormat maps an image format name of Blender's DNA (what the
@@ -97,34 +66,24 @@ func blenderCLIFormat(format string) string {
 // blenderCmd validates the "blender_cmd" setting: it is split shell-style
 // and its first word must exist as a path (no $PATH lookup, as in the
 // Python worker; the Manager fills in {blender} with a full path).
-func blenderCmd(s settings) ([]string, error) {
-	argv, err := s.commandLine("blender_cmd", true, "")
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(argv[0]); err != nil {
-		return nil, fmt.Errorf("blender_cmd %q does not exist", argv[0])
-	}
-	return argv, nil
+func blenderCmd(r *settingsReader) []string {
+	argv := r.commandLine("blender_cmd", true, "")
+	r.then(func() error {
+		if _, err := os.Stat(argv[0]); err != nil {
+			return fmt.Errorf("blender_cmd %q does not exist", argv[0])
+		}
+		return nil
+	})
+	return argv
 }
 
-// validateBlenderBase is AbstractBlenderCommand.validate: blender_cmd, filepath, the PID file.
-func validateBlenderBase(ctx context.Context, c *cmdCtx, s settings) ([]string, string, error) {
-	argv, err := blenderCmd(s)
-	if err != nil {
-		return nil, "", err
-	}
-	blend, err := s.str("filepath", true, "")
-	if err != nil {
-		return nil, "", err
-	}
-	if err := c.waitForBlendFile(ctx, blend); err != nil {
-		return nil, "", err
-	}
-	if err := c.checkPIDFile(); err != nil {
-		return nil, "", err
-	}
-	return argv, blend, nil
+// validateBlenderBase is AbstractBlenderCommand.validate: blender_cmd,
+// filepath (with one grace wait for a slow network share), the PID file.
+func validateBlenderBase(ctx context.Context, c *cmdCtx, sr *settingsReader) ([]string, string) {
+	argv, blend := blenderCmd(sr), sr.str("filepath", true, "")
+	sr.then(func() error { return c.waitForBlendFile(ctx, blend) })
+	sr.then(c.checkPIDFile)
+	return argv, blend
 }
 
 // waitForBlendFile waits c.env.fileWait once for a blend file that does not
@@ -196,9 +155,9 @@ type blenderProgressive struct {
 	numChunks, startChunk, endChunk int64
 }
 
-func cmdBlenderRenderProgressive(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	p, err := validateBlenderProgressive(ctx, c, s)
-	return blenderCommand(err, func(ctx context.Context) error { return c.renderBlend(ctx, &p.blenderRender, p.argv) })
+func (p *blenderProgressive) run(ctx context.Context, c *cmdCtx) error {
+	p.overrideFile = c.findOverrideFile(p.filepath)
+	return c.runBlender(ctx, p.argv(), p.frames)
 }
 
 func validateBlenderProgressive(ctx context.Context, c *cmdCtx, s settings) (*blenderProgressive, error) {
@@ -210,6 +169,7 @@ func validateBlenderProgressive(ctx context.Context, c *cmdCtx, s settings) (*bl
 		return nil, err
 	}
 	p := &blenderProgressive{blenderRender: *r}
+	sr := s.reader()
 	for _, f := range []struct {
 		key string
 		dst *int64
@@ -218,14 +178,11 @@ func validateBlenderProgressive(ctx context.Context, c *cmdCtx, s settings) (*bl
 		{"cycles_chunk_start", &p.startChunk},
 		{"cycles_chunk_end", &p.endChunk},
 	} {
-		if *f.dst, err = s.integer(f.key, true, 0); err != nil {
-			return nil, err
-		}
-		if *f.dst < 1 {
-			return nil, fmt.Errorf("%q must be a positive integer", f.key)
+		if *f.dst = sr.integer(f.key, true, 0); *f.dst < 1 {
+			sr.failf("%q must be a positive integer", f.key)
 		}
 	}
-	return p, nil
+	return p, sr.err()
 }
 
 // argv is the blender_render command line plus Cycles' resumable-render options.
@@ -245,9 +202,8 @@ type blenderAudio struct {
 	hasStart, hasEnd     bool
 }
 
-func cmdBlenderRenderAudio(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	a, err := validateBlenderAudio(ctx, c, s)
-	return blenderCommand(err, func(ctx context.Context) error { return c.runBlender(ctx, a.argv(), "") })
+func (a *blenderAudio) run(ctx context.Context, c *cmdCtx) error {
+	return c.runBlender(ctx, a.argv(), "")
 }
 
 func validateBlenderAudio(ctx context.Context, c *cmdCtx, s settings) (*blenderAudio, error) {
@@ -258,23 +214,11 @@ func validateBlenderAudio(ctx context.Context, c *cmdCtx, s settings) (*blenderA
 	if r.renderOutput == "" {
 		return nil, errors.New("'render_output' is a required setting")
 	}
-	a := &blenderAudio{cmd: r.cmd, filepath: r.filepath, renderOutput: r.renderOutput}
-	if a.frameStart, a.hasStart, err = blenderOptionalInt(s, "frame_start"); err != nil {
-		return nil, err
-	}
-	if a.frameEnd, a.hasEnd, err = blenderOptionalInt(s, "frame_end"); err != nil {
-		return nil, err
-	}
-	return a, nil
-}
-
-// blenderOptionalInt reads an optional integer setting and says whether it was given.
-func blenderOptionalInt(s settings, key string) (int64, bool, error) {
-	if s[key] == nil {
-		return 0, false, nil
-	}
-	n, err := s.integer(key, true, 0)
-	return n, err == nil, err
+	a := &blenderAudio{cmd: r.cmd, filepath: r.filepath, renderOutput: r.renderOutput,
+		hasStart: s["frame_start"] != nil, hasEnd: s["frame_end"] != nil}
+	sr := s.reader()
+	a.frameStart, a.frameEnd = sr.integer("frame_start", false, 0), sr.integer("frame_end", false, 0)
+	return a, sr.err()
 }
 
 // argv is the audio mixdown command line: no override file, expression, format or
@@ -300,45 +244,37 @@ type blenderExrToJPEG struct {
 	exrGlob, outputPattern string
 }
 
-func cmdExrSequenceToJPEG(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	e, err := validateExrToJPEG(ctx, c, s)
-	return blenderCommand(err, func(ctx context.Context) error {
-		f, err := os.CreateTemp("", "flamenco-exr-sequence-to-jpeg-*.py")
-		if err != nil {
-			return fmt.Errorf("creating script file: %w", err)
-		}
-		defer os.Remove(f.Name())
-		_, err = f.WriteString(exrSequenceToJPEGScript)
-		if err = cmp.Or(err, f.Close()); err != nil {
-			return fmt.Errorf("writing script file: %w", err)
-		}
-		return c.renderBlend(ctx, &e.blenderRender, func() []string { return e.argv(f.Name()) })
-	})
+func (e *blenderExrToJPEG) run(ctx context.Context, c *cmdCtx) error {
+	f, err := os.CreateTemp("", "flamenco-exr-sequence-to-jpeg-*.py")
+	if err != nil {
+		return fmt.Errorf("creating script file: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(exrSequenceToJPEGScript)
+	if err = cmp.Or(err, f.Close()); err != nil {
+		return fmt.Errorf("writing script file: %w", err)
+	}
+	e.overrideFile = c.findOverrideFile(e.filepath)
+	return c.runBlender(ctx, e.argv(f.Name()), e.frames)
 }
 
 func validateExrToJPEG(ctx context.Context, c *cmdCtx, s settings) (*blenderExrToJPEG, error) {
-	glob, err := s.str("exr_glob", false, "")
-	if err != nil {
-		return nil, err
-	}
-	dir, err := s.str("exr_directory", false, "")
-	if err != nil {
-		return nil, err
-	}
+	sr := s.reader()
+	glob, dir := sr.str("exr_glob", false, ""), sr.str("exr_directory", false, "")
 	switch {
 	case glob == "" && dir == "":
-		return nil, fmt.Errorf("%q may not be empty", "exr_glob")
+		sr.failf("%q may not be empty", "exr_glob")
 	case glob != "" && dir != "":
-		return nil, errors.New(`Just pass "exr_glob", do not use "exr_directory"`)
+		sr.failf(`Just pass "exr_glob", do not use "exr_directory"`)
 	case dir != "":
 		glob = path.Join(filepath.ToSlash(dir), "*.exr")
 	}
-	pattern, err := s.str("output_pattern", false, "preview-######.jpg")
-	if err != nil {
-		return nil, err
-	}
+	pattern := sr.str("output_pattern", false, "preview-######.jpg")
 	if pattern == "" {
-		return nil, fmt.Errorf("%q may not be empty", "output_pattern")
+		sr.failf("%q may not be empty", "output_pattern")
+	}
+	if err := sr.err(); err != nil {
+		return nil, err
 	}
 	r, err := validateBlenderRender(ctx, c, s)
 	if err != nil {

@@ -29,73 +29,48 @@ type exrMerge struct {
 	frameStart, frameEnd int64
 }
 
-func cmdMergeProgressiveRenders(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	m, err := validateExrMerge(c, s, false)
-	return blenderCommand(err, func(ctx context.Context) error { return m.run(ctx, c) })
-}
-
-func cmdMergeProgressiveRenderSequence(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	m, err := validateExrMerge(c, s, true)
-	return blenderCommand(err, func(ctx context.Context) error { return m.run(ctx, c) })
-}
-
 // validateExrMerge checks the settings in the Python worker's order
 // (spec/python-worker.md §5.5).
-func validateExrMerge(c *cmdCtx, s settings, sequence bool) (*exrMerge, error) {
-	m := &exrMerge{sequence: sequence}
-	var err error
-	if m.blender, err = blenderCmd(s); err != nil {
-		return nil, err
-	}
-	for i, p := range []*string{&m.input1, &m.input2} {
-		key := fmt.Sprintf("input%d", i+1)
-		if *p, err = mergePath(s, key); err != nil {
-			return nil, err
+func validateExrMerge(sequence bool) func(context.Context, *cmdCtx, settings) (*exrMerge, error) {
+	return func(_ context.Context, c *cmdCtx, s settings) (*exrMerge, error) {
+		r := s.reader()
+		m := &exrMerge{sequence: sequence, blender: blenderCmd(r)}
+		for i, p := range []*string{&m.input1, &m.input2} {
+			*p = mergePath(r, fmt.Sprintf("input%d", i+1))
+			r.then(func() error {
+				if _, err := os.Stat(*p); err != nil {
+					return fmt.Errorf("Input %d '%s' does not exist", i+1, *p)
+				}
+				return nil
+			})
 		}
-		if _, err := os.Stat(*p); err != nil {
-			return nil, fmt.Errorf("Input %d '%s' does not exist", i+1, *p)
+		m.output = mergePath(r, "output")
+		m.weight1, m.weight2 = r.integer("weight1", true, 0), r.integer("weight2", true, 0)
+		if m.weight1 < 0 || m.weight2 < 0 || m.weight1+m.weight2 == 0 {
+			r.failf("%q and %q must not be negative and not both zero", "weight1", "weight2")
 		}
-	}
-	if m.output, err = mergePath(s, "output"); err != nil {
-		return nil, err
-	}
-	if m.weight1, err = s.integer("weight1", true, 0); err != nil {
-		return nil, err
-	}
-	if m.weight2, err = s.integer("weight2", true, 0); err != nil {
-		return nil, err
-	}
-	if m.weight1 < 0 || m.weight2 < 0 || m.weight1+m.weight2 == 0 {
-		return nil, fmt.Errorf("%q and %q must not be negative and not both zero", "weight1", "weight2")
-	}
-	if sequence {
-		if !strings.Contains(m.output, "##") {
-			return nil, fmt.Errorf("Output filename should contain at least two \"##\" marks")
+		if sequence {
+			if !strings.Contains(m.output, "##") {
+				r.failf("Output filename should contain at least two \"##\" marks")
+			}
+			m.frameStart, m.frameEnd = r.integer("frame_start", true, 0), r.integer("frame_end", true, 0)
+			if m.frameEnd < m.frameStart {
+				r.failf("%q must not be before %q", "frame_end", "frame_start")
+			}
 		}
-		if m.frameStart, err = s.integer("frame_start", true, 0); err != nil {
-			return nil, err
-		}
-		if m.frameEnd, err = s.integer("frame_end", true, 0); err != nil {
-			return nil, err
-		}
-		if m.frameEnd < m.frameStart {
-			return nil, fmt.Errorf("%q must not be before %q", "frame_end", "frame_start")
-		}
+		r.then(c.checkPIDFile)
+		return m, r.err()
 	}
-	return m, c.checkPIDFile()
 }
 
 // mergePath reads a path setting; double quotes are refused, as in the
 // Python worker. The result uses forward slashes.
-func mergePath(s settings, key string) (string, error) {
-	p, err := s.str(key, true, "")
-	if err != nil {
-		return "", err
-	}
+func mergePath(r *settingsReader, key string) string {
+	p := r.str(key, true, "")
 	if strings.Contains(p, `"`) {
-		return "", fmt.Errorf("Double quotes are not allowed in filenames: %s", p)
+		r.failf("Double quotes are not allowed in filenames: %s", p)
 	}
-	return filepath.ToSlash(p), nil
+	return filepath.ToSlash(p)
 }
 
 // argv runs Blender without a blend file: the script builds the scene, and

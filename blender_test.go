@@ -264,7 +264,7 @@ func TestBlenderFilepathGraceWait(t *testing.T) {
 		defer finish()
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		_, err := cmdBlenderRender(ctx, c, testSettings(t, settingsFor(filepath.Join(dir, "never.blend"))))
+		_, err := commandRegistry["blender_render"](ctx, c, testSettings(t, settingsFor(filepath.Join(dir, "never.blend"))))
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("validation error = %v, want the context's error", err)
 		}

@@ -14,6 +14,19 @@ import (
 // before anything runs; an error from run fails it as "Error executing".
 type commandFunc func(ctx context.Context, c *cmdCtx, s settings) (run func(ctx context.Context) error, err error)
 
+// runner is what a validator returns: the command, validated, ready to run.
+type runner interface {
+	run(context.Context, *cmdCtx) error
+}
+
+// validated adapts a validator to a commandFunc.
+func validated[T runner](validate func(context.Context, *cmdCtx, settings) (T, error)) commandFunc {
+	return func(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
+		v, err := validate(ctx, c, s)
+		return func(ctx context.Context) error { return v.run(ctx, c) }, err
+	}
+}
+
 // runEnv is what commands need from the worker, the same for every task.
 type runEnv struct {
 	pidFile        string        // subprocess_pid_file; "" disables it
@@ -37,7 +50,7 @@ type cmdCtx struct {
 	timing *timing
 }
 
-// identifier names the command in error messages, as the Python worker does.
+// identifier names the command in error messages, as in the Python worker.
 func (c *cmdCtx) identifier() string {
 	return fmt.Sprintf("%s.(task_id=%s, command_idx=%d)", c.name, c.taskID, c.idx)
 }
@@ -47,14 +60,12 @@ func (c *cmdCtx) logf(format string, args ...any) {
 	c.rep.log(c.name + ": " + fmt.Sprintf(format, args...))
 }
 
-// activity replaces the task's activity text.
 func (c *cmdCtx) activity(a string) { c.rep.setActivity(a) }
 
-// progress reports the command's progress as a fraction from 0 to 1.
+// progress is the command's progress as a fraction from 0 to 1.
 func (c *cmdCtx) progress(frac float64) { c.rep.progress(frac) }
 
-// outputProduced tells the Manager about a new output file (for its
-// "latest image"); the notifier throttles.
+// outputProduced tells the Manager about a new file for its "latest image".
 func (c *cmdCtx) outputProduced(path string) {
 	if c.env.output != nil {
 		c.env.output(path)
@@ -90,8 +101,6 @@ func (t *timing) checkpoint(name string) {
 	}
 	t.lastName, t.lastStart = name, now
 }
-
-func (t *timing) String() string { return timingString(t.values) }
 
 // absPath makes p absolute without touching the file system.
 func absPath(p string) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,29 +19,28 @@ var commandRegistry = map[string]commandFunc{
 	"log_a_lot": cmdLogALot,
 
 	"move_out_of_way":    cmdMoveOutOfWay,
-	"move_to_final":      cmdMoveToFinal,
-	"copy_file":          cmdCopyFile,
-	"remove_tree":        cmdRemoveTree,
-	"remove_file":        cmdRemoveFile,
-	"move_with_counter":  cmdMoveWithCounter,
+	"move_to_final":      filesSrcDestCmd(filesMoveToFinal),
+	"copy_file":          filesSrcDestCmd(filesCopyFile),
+	"remove_tree":        filesRemove(true),
+	"remove_file":        filesRemove(false),
+	"move_with_counter":  filesSrcDestCmd(filesMoveWithCounter),
 	"create_python_file": cmdCreatePythonFile,
 
-	"blender_render":                    cmdBlenderRender,
-	"blender_render_progressive":        cmdBlenderRenderProgressive,
-	"blender_render_audio":              cmdBlenderRenderAudio,
-	"exr_sequence_to_jpeg":              cmdExrSequenceToJPEG,
-	"merge_progressive_renders":         cmdMergeProgressiveRenders,
-	"merge_progressive_render_sequence": cmdMergeProgressiveRenderSequence,
+	"blender_render":                    validated(validateBlenderRender),
+	"blender_render_progressive":        validated(validateBlenderProgressive),
+	"blender_render_audio":              validated(validateBlenderAudio),
+	"exr_sequence_to_jpeg":              validated(validateExrToJPEG),
+	"merge_progressive_renders":         validated(validateExrMerge(false)),
+	"merge_progressive_render_sequence": validated(validateExrMerge(true)),
 
-	"create_video":       cmdCreateVideo,
-	"concatenate_videos": cmdConcatenateVideos,
-	"mux_audio":          cmdMuxAudio,
-	"encode_audio":       cmdEncodeAudio,
+	"create_video":       validated(validateCreateVideo),
+	"concatenate_videos": validated(validateConcatenateVideos),
+	"mux_audio":          validated(validateMuxAudio),
+	"encode_audio":       validated(validateEncodeAudio),
 }
 
-// runCommands runs the task's commands in order and reports whether all of
-// them succeeded. The first failing command stops the task. It returns
-// ctx's error when the task was aborted.
+// runCommands runs the task's commands until one fails and reports whether
+// all succeeded; it returns ctx's error when the task was aborted.
 func runCommands(ctx context.Context, t *task, rep *reporter, env *runEnv) (ok bool, err error) {
 	rep.nCommands = max(len(t.Commands), 1)
 	for i, cmd := range t.Commands {
@@ -84,7 +84,7 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 	start := time.Now()
 	err = run(ctx)
 	c.timing.set("total", time.Since(start))
-	c.logf("command timing information: %s", c.timing.String())
+	c.logf("command timing information: %s", timingString(c.timing.values))
 	c.rep.addTiming(c.timing.values)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -101,43 +101,32 @@ func runCommand(ctx context.Context, c *cmdCtx, fn commandFunc, s settings) bool
 }
 
 func cmdEcho(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	msg, err := s.str("message", true, "")
-	if err != nil {
-		return nil, err
-	}
-	return func(context.Context) error {
-		c.rep.log(msg)
-		return nil
-	}, nil
+	r := s.reader()
+	msg := r.str("message", true, "")
+	return func(context.Context) error { c.rep.log(msg); return nil }, r.err()
 }
 
 func cmdSleep(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	secs, text, err := s.number("time_in_seconds", true)
-	if err != nil {
-		return nil, err
-	}
+	r := s.reader()
+	secs, text := r.number("time_in_seconds", true)
 	if secs < 0 {
-		return nil, fmt.Errorf("%q may not be negative", "time_in_seconds")
+		r.failf("%q may not be negative", "time_in_seconds")
 	}
 	return func(ctx context.Context) error {
 		c.logf("Sleeping for %s seconds", text)
-		t := time.NewTimer(time.Duration(secs * float64(time.Second)))
-		defer t.Stop()
 		select {
-		case <-t.C:
+		case <-time.After(time.Duration(secs * float64(time.Second))):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		c.logf("Done sleeping for %s seconds", text)
 		return nil
-	}, nil
+	}, r.err()
 }
 
 func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	n, err := s.integer("lines", false, 20000)
-	if err != nil {
-		return nil, err
-	}
+	r := s.reader()
+	n := r.integer("lines", false, 20000)
 	return func(ctx context.Context) error {
 		c.activity(fmt.Sprintf("logging %d lines", n))
 		for i := int64(0); i < n; i++ {
@@ -148,20 +137,14 @@ func cmdLogALot(ctx context.Context, c *cmdCtx, s settings) (func(context.Contex
 			c.progress(float64(i+1) / float64(n))
 		}
 		return nil
-	}, nil
+	}, r.err()
 }
 
 func cmdExec(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-	argv, err := s.commandLine("cmd", true, "")
-	if err != nil {
-		return nil, err
-	}
-	if err := c.checkPIDFile(); err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) error {
-		return c.subprocess(ctx, argv, nil)
-	}, nil
+	r := s.reader()
+	argv := r.commandLine("cmd", true, "")
+	r.then(c.checkPIDFile)
+	return func(ctx context.Context) error { return c.subprocess(ctx, argv, nil) }, r.err()
 }
 
 // task is what the worker uses of the Manager's Task document (§2.1).
@@ -199,15 +182,11 @@ func decodeTask(body []byte) (*task, error) {
 	}
 	t := &task{ID: doc.ID}
 	for _, c := range *doc.Commands {
-		tc := taskCommand{Name: c.Name, RawSettings: string(c.Settings)}
-		if tc.RawSettings == "" {
-			tc.RawSettings = "(none)"
-		}
+		tc := taskCommand{Name: c.Name, RawSettings: cmp.Or(string(c.Settings), "(none)")}
 		dec := json.NewDecoder(bytes.NewReader(c.Settings))
 		dec.UseNumber()
-		var s map[string]any
-		if err := dec.Decode(&s); err == nil && s != nil {
-			tc.Settings = s
+		if dec.Decode(&tc.Settings) != nil {
+			tc.Settings = nil
 		}
 		t.Commands = append(t.Commands, tc)
 	}

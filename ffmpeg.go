@@ -15,31 +15,28 @@ import (
 // the input files (spec/python-worker.md §5.6).
 const ffmpegIndexName = "ffmpeg-input.txt"
 
-// ffmpegCmd validates the optional "ffmpeg_cmd" setting (default "ffmpeg";
-// the Manager fills in {ffmpeg}): split shell-style, its first word found
-// on $PATH.
-func ffmpegCmd(s settings) ([]string, error) {
-	argv, err := s.commandLine("ffmpeg_cmd", false, "ffmpeg")
-	if err != nil {
-		return nil, err
-	}
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		return nil, fmt.Errorf("FFmpeg command %q not found on $PATH", argv[0])
-	}
-	return argv, nil
+// ffmpegCmd reads "ffmpeg_cmd" (the Manager fills in {ffmpeg}); its first
+// word must be on $PATH.
+func ffmpegCmd(r *settingsReader) []string {
+	argv := r.commandLine("ffmpeg_cmd", false, "ffmpeg")
+	r.then(func() error {
+		if _, err := exec.LookPath(argv[0]); err != nil {
+			return fmt.Errorf("FFmpeg command %q not found on $PATH", argv[0])
+		}
+		return nil
+	})
+	return argv
 }
 
-// ffmpegJob is a validated FFmpeg command: its argv, the concat index it
-// needs (if any) and the output file.
+// ffmpegJob is a validated FFmpeg command.
 type ffmpegJob struct {
 	argv      []string
 	indexGlob string // write ffmpeg-input.txt for this glob before running
 	output    string
 }
 
-// run writes the index file if needed, runs FFmpeg, and removes the index.
-// The output's directory is created first (the Python worker let FFmpeg
-// fail on a missing directory).
+// run creates the output's directory (the Python worker let FFmpeg fail on
+// a missing one) and the index if needed, and runs FFmpeg.
 func (j *ffmpegJob) run(ctx context.Context, c *cmdCtx) error {
 	if err := c.mkdirAll(filepath.Dir(j.output)); err != nil {
 		return fmt.Errorf("creating the output directory: %w", err)
@@ -88,124 +85,53 @@ func writeFFmpegIndex(glob string) (string, error) {
 	return index, nil
 }
 
-// ffmpegCommand adapts a validator to a commandFunc.
-func ffmpegCommand(validate func(s settings) (*ffmpegJob, error)) commandFunc {
-	return func(ctx context.Context, c *cmdCtx, s settings) (func(context.Context) error, error) {
-		job, err := validate(s)
-		if err != nil {
-			return nil, err
-		}
-		return func(ctx context.Context) error { return job.run(ctx, c) }, nil
-	}
-}
-
-var (
-	cmdCreateVideo       = ffmpegCommand(validateCreateVideo)
-	cmdConcatenateVideos = ffmpegCommand(validateConcatenateVideos)
-	cmdMuxAudio          = ffmpegCommand(validateMuxAudio)
-	cmdEncodeAudio       = ffmpegCommand(validateEncodeAudio)
-)
-
 // validateCreateVideo: a glob of frames to an H.264 video at fps.
-func validateCreateVideo(s settings) (*ffmpegJob, error) {
-	ff, err := ffmpegCmd(s)
-	if err != nil {
-		return nil, err
-	}
-	input, err := s.nonEmptyStr("input_files")
-	if err != nil {
-		return nil, err
-	}
-	output, err := s.nonEmptyStr("output_file")
-	if err != nil {
-		return nil, err
-	}
-	_, fps, err := s.number("fps", true)
-	if err != nil {
-		return nil, err
-	}
+func validateCreateVideo(_ context.Context, _ *cmdCtx, s settings) (*ffmpegJob, error) {
+	r := s.reader()
+	ff, input, output := ffmpegCmd(r), r.nonEmpty("input_files"), r.nonEmpty("output_file")
+	_, fps := r.number("fps", true)
 	argv := append(ff, "-r", fps, "-pattern_type", "glob", "-i", filepath.ToSlash(input),
 		"-c:v", "h264", "-crf", "20", "-g", "18", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
 		"-pix_fmt", "yuv420p", "-y", "-bf", "0", output)
-	return &ffmpegJob{argv: argv, output: output}, nil
+	return &ffmpegJob{argv: argv, output: output}, r.err()
 }
 
 // validateConcatenateVideos: chunks matching a glob joined without re-encoding.
-func validateConcatenateVideos(s settings) (*ffmpegJob, error) {
-	ff, err := ffmpegCmd(s)
-	if err != nil {
-		return nil, err
-	}
-	input, err := s.nonEmptyStr("input_files")
-	if err != nil {
-		return nil, err
-	}
-	output, err := s.nonEmptyStr("output_file")
-	if err != nil {
-		return nil, err
-	}
+func validateConcatenateVideos(_ context.Context, _ *cmdCtx, s settings) (*ffmpegJob, error) {
+	r := s.reader()
+	ff, input, output := ffmpegCmd(r), r.nonEmpty("input_files"), r.nonEmpty("output_file")
 	argv := append(ff, "-f", "concat", "-i", filepath.ToSlash(ffmpegIndexPath(input)),
 		"-c", "copy", "-y", filepath.ToSlash(output))
-	return &ffmpegJob{argv: argv, indexGlob: input, output: output}, nil
+	return &ffmpegJob{argv: argv, indexGlob: input, output: output}, r.err()
 }
 
 // validateMuxAudio: an audio and a video stream into one file, copied.
-func validateMuxAudio(s settings) (*ffmpegJob, error) {
-	ff, err := ffmpegCmd(s)
-	if err != nil {
-		return nil, err
-	}
-	audio, err := existingFile(s, "audio_file", "Audio")
-	if err != nil {
-		return nil, err
-	}
-	video, err := existingFile(s, "video_file", "Video")
-	if err != nil {
-		return nil, err
-	}
-	output, err := s.nonEmptyStr("output_file")
-	if err != nil {
-		return nil, err
-	}
+func validateMuxAudio(_ context.Context, _ *cmdCtx, s settings) (*ffmpegJob, error) {
+	r := s.reader()
+	ff := ffmpegCmd(r)
+	audio, video := existingFile(r, "audio_file", "Audio"), existingFile(r, "video_file", "Video")
+	output := r.nonEmpty("output_file")
 	argv := append(ff, "-i", audio, "-i", video, "-c", "copy", "-y", absPath(output))
-	return &ffmpegJob{argv: argv, output: output}, nil
+	return &ffmpegJob{argv: argv, output: output}, r.err()
 }
 
 // validateEncodeAudio: an audio file re-encoded with a codec and bitrate.
-func validateEncodeAudio(s settings) (*ffmpegJob, error) {
-	ff, err := ffmpegCmd(s)
-	if err != nil {
-		return nil, err
-	}
-	input, err := existingFile(s, "input_file", "Audio")
-	if err != nil {
-		return nil, err
-	}
-	output, err := s.nonEmptyStr("output_file")
-	if err != nil {
-		return nil, err
-	}
-	bitrate, err := s.nonEmptyStr("bitrate")
-	if err != nil {
-		return nil, err
-	}
-	codec, err := s.nonEmptyStr("codec")
-	if err != nil {
-		return nil, err
-	}
+func validateEncodeAudio(_ context.Context, _ *cmdCtx, s settings) (*ffmpegJob, error) {
+	r := s.reader()
+	ff, input := ffmpegCmd(r), existingFile(r, "input_file", "Audio")
+	output, bitrate, codec := r.nonEmpty("output_file"), r.nonEmpty("bitrate"), r.nonEmpty("codec")
 	argv := append(ff, "-i", input, "-c:a", codec, "-b:a", bitrate, "-y", absPath(output))
-	return &ffmpegJob{argv: argv, output: output}, nil
+	return &ffmpegJob{argv: argv, output: output}, r.err()
 }
 
-// existingFile reads a required path setting that must exist, and returns
-// it absolute.
-func existingFile(s settings, key, what string) (string, error) {
-	p, err := s.nonEmptyStr(key)
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s file %s does not exist (%s)", what, p, key)
-	}
-	return absPath(p), nil
+// existingFile reads a path setting that must exist, and makes it absolute.
+func existingFile(r *settingsReader, key, what string) string {
+	p := r.nonEmpty(key)
+	r.then(func() error {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%s file %s does not exist (%s)", what, p, key)
+		}
+		return nil
+	})
+	return absPath(p)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"image"
@@ -36,7 +37,7 @@ func TestFFmpegArgv(t *testing.T) {
 
 	cases := []struct {
 		name     string
-		validate func(settings) (*ffmpegJob, error)
+		validate func(context.Context, *cmdCtx, settings) (*ffmpegJob, error)
 		settings string
 		want     []string
 	}{
@@ -55,7 +56,7 @@ func TestFFmpegArgv(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			job, err := c.validate(testSettings(t, c.settings))
+			job, err := c.validate(context.Background(), nil, testSettings(t, c.settings))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +88,7 @@ func TestFFmpegValidation(t *testing.T) {
 		}
 	}
 	if _, err := exec.LookPath("ffmpeg"); err == nil {
-		job, err := validateCreateVideo(testSettings(t, `{"input_files": "x", "output_file": "y", "fps": 24}`))
+		job, err := validateCreateVideo(context.Background(), nil, testSettings(t, `{"input_files": "x", "output_file": "y", "fps": 24}`))
 		if err != nil || job.argv[0] != "ffmpeg" {
 			t.Errorf("default ffmpeg_cmd: %v, %v", job, err)
 		}

@@ -71,14 +71,14 @@ func FuzzSettingsAccessors(f *testing.F) {
 			return
 		}
 		for _, req := range []bool{true, false} {
-			s.str("k", req, "d")
-			s.nonEmptyStr("k")
-			s.number("k", req)
-			s.boolean("k", req, false)
-			if _, err := s.integer("k", req, 0); err == nil {
-				if n, ok := s["k"].(json.Number); ok && !isJSONInteger(n) {
-					t.Fatalf("integer accepted %v", n)
-				}
+			s.reader().str("k", req, "d")
+			s.reader().nonEmpty("k")
+			s.reader().number("k", req)
+			s.reader().commandLine("k", req, "d")
+			r := s.reader()
+			r.integer("k", req, 0)
+			if n, ok := s["k"].(json.Number); ok && r.err() == nil && !isJSONInteger(n) {
+				t.Fatalf("integer accepted %v", n)
 			}
 		}
 	})

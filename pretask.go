@@ -13,13 +13,11 @@ import (
 // (spec/python-worker.md §6.7). The error names the path and what failed.
 func preTaskChecks(checks []preTaskCheck) error {
 	for _, c := range checks {
-		var err error
+		check := checkReadable
 		if c.Write {
-			err = checkWritable(c.Path)
-		} else {
-			err = checkReadable(c.Path)
+			check = checkWritable
 		}
-		if err != nil {
+		if err := check(c.Path); err != nil {
 			return fmt.Errorf("pre-task check %s: %w", c.Key, err)
 		}
 	}
@@ -32,23 +30,16 @@ func checkReadable(path string) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s does not exist", path)
 	}
-	if err != nil {
-		return fmt.Errorf("%s is not readable: %w", path, err)
-	}
-	if info.IsDir() {
-		d, err := os.Open(path)
-		if err == nil {
-			_, err = d.ReadDir(1)
-			d.Close()
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("%s is not readable: %w", path, err)
-		}
-		return nil
-	}
-	f, err := os.Open(path)
+	var f *os.File
 	if err == nil {
-		_, err = f.Read(make([]byte, 1))
+		f, err = os.Open(path)
+	}
+	if err == nil {
+		if info.IsDir() {
+			_, err = f.ReadDir(1)
+		} else {
+			_, err = f.Read(make([]byte, 1))
+		}
 		f.Close()
 	}
 	if err != nil && !errors.Is(err, io.EOF) {

@@ -2,96 +2,125 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
-// settings are a command's settings as the Manager sent them, decoded with
-// json.Number so that integers (3) and floats (3.0) stay apart, as they do
-// for the Python worker.
+// settings are a command's settings, decoded with json.Number so that
+// integers (3) and floats (3.0) stay apart, as for the Python worker.
 type settings map[string]any
 
-// str returns a string setting. A missing or null optional setting yields def.
-func (s settings) str(key string, required bool, def string) (string, error) {
-	v, ok := s[key]
-	if !ok || (v == nil && !required) {
-		if required {
-			return "", fmt.Errorf("missing %q", key)
-		}
-		return def, nil
-	}
-	str, ok := v.(string)
-	if !ok {
-		return "", fmt.Errorf("%q must be a string, not %s", key, jsonType(v))
-	}
-	return str, nil
+// settingsReader keeps the first error and makes the reads after it no-ops:
+// the first bad setting is the one reported, as by the Python worker.
+type settingsReader struct {
+	s     settings
+	first error
 }
 
-// nonEmptyStr is str for a required setting that may not be "".
-func (s settings) nonEmptyStr(key string) (string, error) {
-	v, err := s.str(key, true, "")
-	if err == nil && v == "" {
-		err = fmt.Errorf("%q may not be empty", key)
+func (s settings) reader() *settingsReader { return &settingsReader{s: s} }
+
+func (r *settingsReader) err() error { return r.first }
+
+// failf records an error unless an earlier one stands.
+func (r *settingsReader) failf(format string, args ...any) {
+	if r.first == nil {
+		r.first = fmt.Errorf(format, args...)
 	}
-	return v, err
+}
+
+// then runs check, a step that is not a read (it may touch the file
+// system), unless an earlier step failed.
+func (r *settingsReader) then(check func() error) {
+	if r.first == nil {
+		r.first = check()
+	}
+}
+
+var errWrongType = errors.New("wrong type")
+
+// get is what every accessor shares: a missing setting is an error when
+// required, a missing or null optional one yields def. conv returns
+// errWrongType for a value of the wrong type, which is "not <want>".
+func get[T any](r *settingsReader, key string, required bool, def T, want string, conv func(any) (T, error)) T {
+	var zero T
+	v, ok := r.s[key]
+	switch {
+	case r.first != nil:
+		return zero
+	case !ok && required:
+		r.failf("missing %q", key)
+		return zero
+	case !ok || v == nil && !required:
+		return def
+	}
+	t, err := conv(v)
+	if err == errWrongType {
+		r.failf("%q must be %s, not %s", key, want, jsonType(v))
+	} else if err != nil {
+		r.failf("%q: %v", key, err)
+	}
+	return t
+}
+
+func (r *settingsReader) str(key string, required bool, def string) string {
+	return get(r, key, required, def, "a string", func(v any) (string, error) {
+		if s, ok := v.(string); ok {
+			return s, nil
+		}
+		return "", errWrongType
+	})
+}
+
+// nonEmpty is str for a required setting that may not be "", with emptyMsg
+// (default: "<key>" may not be empty) as the error for "".
+func (r *settingsReader) nonEmpty(key string, emptyMsg ...string) string {
+	v := r.str(key, true, "")
+	if v == "" && len(emptyMsg) > 0 {
+		r.failf("%s", emptyMsg[0])
+	} else if v == "" {
+		r.failf("%q may not be empty", key)
+	}
+	return v
 }
 
 // integer returns a JSON integer setting; 3.0 is not an integer.
-func (s settings) integer(key string, required bool, def int64) (int64, error) {
-	v, ok := s[key]
-	if !ok || (v == nil && !required) {
-		if required {
-			return 0, fmt.Errorf("missing %q", key)
+func (r *settingsReader) integer(key string, required bool, def int64) int64 {
+	return get(r, key, required, def, "an integer", func(v any) (int64, error) {
+		if n, ok := v.(json.Number); ok && isJSONInteger(n) {
+			return n.Int64()
 		}
-		return def, nil
-	}
-	n, ok := v.(json.Number)
-	if !ok || !isJSONInteger(n) {
-		return 0, fmt.Errorf("%q must be an integer, not %s", key, jsonType(v))
-	}
-	i, err := n.Int64()
-	if err != nil {
-		return 0, fmt.Errorf("%q: %v", key, err)
-	}
-	return i, nil
+		return 0, errWrongType
+	})
 }
 
 // number returns a JSON number setting (integer or float) as a float64 and
 // as the text Python would print for it ("24" or "24.0").
-func (s settings) number(key string, required bool) (float64, string, error) {
-	v, ok := s[key]
-	if !ok || (v == nil && !required) {
-		if required {
-			return 0, "", fmt.Errorf("missing %q", key)
+func (r *settingsReader) number(key string, required bool) (float64, string) {
+	n := get(r, key, required, "", "an integer or a float", func(v any) (json.Number, error) {
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", errWrongType
 		}
-		return 0, "", nil
-	}
-	n, ok := v.(json.Number)
-	if !ok {
-		return 0, "", fmt.Errorf("%q must be an integer or a float, not %s", key, jsonType(v))
-	}
-	f, err := n.Float64()
-	if err != nil {
-		return 0, "", fmt.Errorf("%q: %v", key, err)
-	}
-	return f, pythonNumber(n), nil
+		_, err := n.Float64()
+		return n, err
+	})
+	f, _ := n.Float64()
+	return f, pythonNumber(n)
 }
 
-// boolean returns a JSON boolean setting.
-func (s settings) boolean(key string, required bool, def bool) (bool, error) {
-	v, ok := s[key]
-	if !ok || (v == nil && !required) {
-		if required {
-			return false, fmt.Errorf("missing %q", key)
-		}
-		return def, nil
+// commandLine reads a command-line setting (exec's cmd, blender_cmd,
+// ffmpeg_cmd) and splits it shell-style; it may not be empty.
+func (r *settingsReader) commandLine(key string, required bool, def string) []string {
+	argv, err := shlexSplit(r.str(key, required, def)) // "" after an error: no words
+	if err != nil {
+		r.failf("%q: %v", key, err)
+	} else if len(argv) == 0 {
+		r.failf("%q may not be empty", key)
 	}
-	b, ok := v.(bool)
-	if !ok {
-		return false, fmt.Errorf("%q must be a boolean, not %s", key, jsonType(v))
-	}
-	return b, nil
+	return argv
 }
 
 func isJSONInteger(n json.Number) bool {
@@ -137,23 +166,6 @@ func jsonType(v any) string {
 	return fmt.Sprintf("a %T", v)
 }
 
-// commandLine reads a command-line setting (exec's cmd, blender_cmd,
-// ffmpeg_cmd) and splits it shell-style; it may not be empty.
-func (s settings) commandLine(key string, required bool, def string) ([]string, error) {
-	line, err := s.str(key, required, def)
-	if err != nil {
-		return nil, err
-	}
-	argv, err := shlexSplit(line)
-	if err != nil {
-		return nil, fmt.Errorf("%q: %v", key, err)
-	}
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("%q may not be empty", key)
-	}
-	return argv, nil
-}
-
 // shlexSplit splits a command line the way Python's shlex.split does in POSIX
 // mode: whitespace separates words, single quotes keep everything literal,
 // double quotes allow only \" and \\ escapes, a backslash outside quotes escapes
@@ -163,22 +175,20 @@ func shlexSplit(s string) ([]string, error) {
 	var cur strings.Builder
 	inWord := false
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+		switch c := s[i]; {
+		case strings.IndexByte(" \t\n\r", c) >= 0:
 			if inWord {
 				words = append(words, cur.String())
 				cur.Reset()
-				inWord = false
 			}
+			inWord = false
+			continue
 		case c == '\\':
-			inWord = true
 			if i+1 < len(s) {
 				i++
 				cur.WriteByte(s[i])
 			}
 		case c == '\'':
-			inWord = true
 			end := strings.IndexByte(s[i+1:], '\'')
 			if end < 0 {
 				return nil, fmt.Errorf("no closing quotation in %q", s)
@@ -186,25 +196,19 @@ func shlexSplit(s string) ([]string, error) {
 			cur.WriteString(s[i+1 : i+1+end])
 			i += end + 1
 		case c == '"':
-			inWord = true
-			closed := false
-			for i++; i < len(s); i++ {
-				if s[i] == '"' {
-					closed = true
-					break
-				}
+			for i++; i < len(s) && s[i] != '"'; i++ {
 				if s[i] == '\\' && i+1 < len(s) && (s[i+1] == '\\' || s[i+1] == '"') {
 					i++
 				}
 				cur.WriteByte(s[i])
 			}
-			if !closed {
+			if i == len(s) {
 				return nil, fmt.Errorf("no closing quotation in %q", s)
 			}
 		default:
-			inWord = true
 			cur.WriteByte(c)
 		}
+		inWord = true
 	}
 	if inWord {
 		words = append(words, cur.String())
@@ -212,19 +216,14 @@ func shlexSplit(s string) ([]string, error) {
 	return words, nil
 }
 
-// shellQuote quotes one word as Python's shlex.quote does.
+// shellUnsafe is what makes Python's shlex.quote quote a word.
+var shellUnsafe = regexp.MustCompile(`[^\w@%+=:,./-]`)
+
 func shellQuote(s string) string {
 	if s == "" {
 		return "''"
 	}
-	safe := true
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_@%+=:,./-", r)) {
-			safe = false
-			break
-		}
-	}
-	if safe {
+	if !shellUnsafe.MatchString(s) {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
