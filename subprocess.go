@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -37,7 +38,10 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	sctx, silenced := context.WithCancelCause(ctx)
 	defer silenced(nil)
 	cmd := exec.CommandContext(sctx, argv[0], argv[1:]...)
-	cmd.Env = subprocessEnv(os.Environ(), c.env.extraEnv)
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { // as the Python worker: a Blender build brings its own libraries
+		return strings.HasPrefix(kv, "LD_LIBRARY_PATH=")
+	})
+	cmd.Env = append(env, c.env.extraEnv...) // of duplicate keys, exec passes the last
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = childAttrs()
 	var termAt time.Time // set by Cancel, which exec runs before Wait returns
@@ -227,24 +231,6 @@ func signalName(s syscall.Signal) string {
 	return fmt.Sprintf("%s (%d)", name, int(s))
 }
 
-// subprocessEnv is the worker's environment without LD_LIBRARY_PATH (as the
-// Python worker: a Blender build brings its own libraries), [environment] on top.
-func subprocessEnv(base, extra []string) []string {
-	env := make([]string, 0, len(base)+len(extra))
-	overridden := map[string]bool{"LD_LIBRARY_PATH": true}
-	for _, kv := range extra {
-		k, _, _ := strings.Cut(kv, "=")
-		overridden[k] = true
-	}
-	for _, kv := range base {
-		k, _, _ := strings.Cut(kv, "=")
-		if !overridden[k] {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
-}
-
 // The PID file (subprocess_pid_file): the bare PID first, as the Python
 // worker writes it, then the identity that proves the process ours despite
 // PID reuse (start: field 22 of /proc/PID/stat; boot: the kernel's boot_id):
@@ -262,10 +248,6 @@ type procIdentity struct {
 	boot      string
 }
 
-func (a procIdentity) same(b procIdentity) bool {
-	return a.pid == b.pid && a.start == b.start && a.boot == b.boot && a.boot != ""
-}
-
 // identityOf is pid's identity; ok is false when /proc does not know it.
 func identityOf(pid int) (procIdentity, bool) {
 	s, ok := readStat(pid)
@@ -279,7 +261,7 @@ func identityOf(pid int) (procIdentity, bool) {
 // alive reports whether the process id names is running (not a zombie).
 func (id procIdentity) alive() bool {
 	live, ok := identityOf(id.pid)
-	return ok && live.same(id) && processAlive(id.pid)
+	return ok && live.start == id.start && live.boot == id.boot && processAlive(id.pid)
 }
 
 // pidRecord is a parsed PID file.
@@ -304,19 +286,9 @@ func parsePIDFile(path string, data []byte) (pidRecord, error) {
 	if err != nil || pid <= 0 {
 		return pidRecord{}, fmt.Errorf("PID file %s holds %q, which is not a process ID", path, text)
 	}
-	kv := map[string]string{}
-	for _, f := range strings.Fields(rest) {
-		k, v, _ := strings.Cut(f, "=")
-		kv[k] = v
-	}
-	id := procIdentity{pid: pid, boot: kv["boot"]}
-	rec := pidRecord{pid: pid, worker: procIdentity{boot: id.boot}}
-	var e1, e2, e3, e4 error
-	id.pgid, e1 = strconv.Atoi(kv["pgid"])
-	id.start, e2 = strconv.ParseUint(kv["start"], 10, 64)
-	rec.worker.pid, e3 = strconv.Atoi(kv["worker"])
-	rec.worker.start, e4 = strconv.ParseUint(kv["worker_start"], 10, 64)
-	if errors.Join(e1, e2, e3, e4) == nil && id.boot != "" && id.pgid > 1 {
+	rec, id := pidRecord{pid: pid}, procIdentity{pid: pid}
+	_, err = fmt.Sscanf(rest, "pgid=%d start=%d boot=%s worker=%d worker_start=%d", &id.pgid, &id.start, &id.boot, &rec.worker.pid, &rec.worker.start)
+	if rec.worker.boot = id.boot; err == nil && id.pgid > 1 {
 		rec.ident = &id
 	}
 	return rec, nil
@@ -374,10 +346,7 @@ func (c *cmdCtx) writePIDFile(pid int) error {
 		content = formatPIDFile(sub, self)
 	}
 	_, err = f.WriteString(content)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err = errors.Join(err, f.Close()); err != nil {
 		return fmt.Errorf("writing PID file: %w", err)
 	}
 	return nil

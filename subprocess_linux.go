@@ -79,42 +79,27 @@ func allStats() map[int]procStat {
 	return stats
 }
 
-// descendants lists every process below pid, from the parent links in /proc.
-func descendants(pid int) []int {
-	children := map[int][]int{}
-	for p, s := range allStats() {
-		children[s.ppid] = append(children[s.ppid], p)
-	}
-	var out []int
-	for todo := children[pid]; len(todo) > 0; {
-		p := todo[len(todo)-1]
-		todo = append(todo[:len(todo)-1], children[p]...)
-		out = append(out, p)
-	}
-	return out
-}
-
-// sweepDescendants kills every process below the worker (as a subreaper it
-// inherits what a command daemonised: after the command's wait, all are
-// leftovers) and reaps its zombie children, per PID: wait4(-1) could steal
-// exec.Cmd's status. It gives up after 3 s and returns how many it killed.
+// sweepDescendants kills every process below the worker, which as a
+// subreaper inherits what a command daemonised (after the command's wait,
+// all are leftovers): its children, whose own children then become its
+// children. Zombies are reaped per PID: wait4(-1) could steal exec.Cmd's
+// status. It gives up after 3 s and returns how many it killed.
 func sweepDescendants() int {
 	self := os.Getpid()
 	killed := map[int]bool{}
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		left := 0
-		for _, pid := range descendants(self) {
-			s, ok := readStat(pid)
+		for pid, s := range allStats() {
 			switch {
-			case !ok:
-			case s.state != 'Z':
+			case s.ppid != self:
+			case s.state == 'Z':
+				var ws syscall.WaitStatus
+				syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			default:
 				left++
 				if syscall.Kill(pid, syscall.SIGKILL) == nil {
 					killed[pid] = true
 				}
-			case s.ppid == self:
-				var ws syscall.WaitStatus
-				syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 			}
 		}
 		if left == 0 {
