@@ -3,38 +3,36 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
+	"runtime/pprof"
 	"syscall"
 )
 
-// handledSignals are caught from the first instant of run (catchSignals),
-// so that none of them gets its default action while the worker starts.
-// SIGQUIT is left to Go: it dumps the goroutines and exits 2, and the unit
-// restarts the worker.
+// handledSignals are caught from the first instant (catchSignals), so none
+// gets its default action during start-up. SIGQUIT is left to Go: it dumps
+// the goroutines and exits 2, and the unit restarts the worker.
 var handledSignals = []os.Signal{
 	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE,
 	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTSTP, syscall.SIGCONT,
 }
 
-// catchSignals starts catching handledSignals; they wait in the channel
-// until a signal loop reads them. Catching SIGPIPE (rather than ignoring
-// it, which subprocesses would inherit) makes a write to a closed stdout
-// or stderr fail with EPIPE instead of killing the worker.
+// catchSignals queues handledSignals until a signal loop reads them.
+// Catching SIGPIPE, rather than ignoring it (which subprocesses would
+// inherit), makes a write to a closed stdout fail with EPIPE instead of killing.
 func catchSignals() chan os.Signal {
 	ch := make(chan os.Signal, 16)
 	signal.Notify(ch, handledSignals...)
 	return ch
 }
 
-// releaseSignals gives the signals back their default actions, for the
-// modes that do not serve (--check, --run-task), and re-raises the ones
-// that arrived meanwhile so they have the effect they would have had.
+// releaseSignals gives the signals back their default actions (--check,
+// --run-task) and re-raises those that arrived meanwhile.
 func releaseSignals(ch chan os.Signal) {
 	signal.Stop(ch)
 	for {
@@ -49,10 +47,7 @@ func releaseSignals(ch chan os.Signal) {
 	}
 }
 
-// signalLoop turns signals into worker actions (DESIGN.md "Signals"):
-// SIGINT/SIGTERM shut down cleanly and a second one exits at once, SIGUSR1
-// dumps goroutine stacks and state, SIGTSTP sleeps, SIGCONT and SIGUSR2
-// wake, SIGHUP reopens the log files, SIGPIPE is dropped.
+// signalLoop turns signals into worker actions (DESIGN.md "Signals").
 type signalLoop struct {
 	ch       chan os.Signal // from catchSignals
 	w        *worker        // nil until attach
@@ -69,8 +64,7 @@ func newSignalLoop(ch chan os.Signal, shutdown context.CancelFunc, stderr io.Wri
 	return &signalLoop{ch: ch, attached: make(chan *worker, 1), shutdown: shutdown, stderr: stderr, logger: logger, forced: make(chan struct{})}
 }
 
-// attach hands the loop the worker once it exists; requests that came
-// earlier are applied then.
+// attach hands the loop the worker once it exists; earlier requests are applied then.
 func (s *signalLoop) attach(w *worker) { s.attached <- w }
 
 // run handles signals until done is closed.
@@ -126,20 +120,16 @@ func (s *signalLoop) request(status string) {
 	s.w.request(status)
 }
 
-// dump writes every goroutine's stack and a state summary to stderr.
+// dump writes the state summary and every goroutine's stack to stderr, in
+// one write so that no log line lands inside it.
 func (s *signalLoop) dump() {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 	summary := "state: starting up (no Manager connection yet)."
 	if s.w != nil {
 		summary = s.w.summary()
 	}
-	fmt.Fprintf(s.stderr, "=== SIGUSR1: Flamenco Worker state ===\n%s\n=== goroutines ===\n%s=== end of dump ===\n", summary, buf)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "=== SIGUSR1: Flamenco Worker state ===\n%s\n=== goroutines ===\n", summary)
+	pprof.Lookup("goroutine").WriteTo(&b, 2)
+	b.WriteString("=== end of dump ===\n")
+	s.stderr.Write(b.Bytes())
 }

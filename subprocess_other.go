@@ -9,32 +9,24 @@ import (
 	"syscall"
 )
 
-// childAttrs puts the child in its own process group.
+// Without /proc nothing is known of other processes, so a PID file written
+// here never lets a later run kill anything (the Python worker's rule).
+
 func childAttrs() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
 
-// procStat: without /proc nothing is known of other processes.
-type procStat struct{ state byte }
+type procStat struct {
+	state      byte
+	ppid, pgrp int
+	start      uint64
+}
 
-func readStat(int) (procStat, bool) { return procStat{}, false }
-
-// identityOf cannot prove anything without /proc, so a PID file written
-// here never lets a later run kill anything (the Python worker's rule).
-func identityOf(int) (procIdentity, bool) { return procIdentity{}, false }
-
-func bootID() string { return "" }
-
-func groupMembers(int) []int { return nil }
-
-// becomeSubreaper: there is no child subreaper outside Linux.
+func readStat(int) (procStat, bool)     { return procStat{}, false }
+func bootID() string                    { return "" }
+func groupMembers(int) []int            { return nil }
 func becomeSubreaper(*slog.Logger) bool { return false }
+func sweepDescendants() int             { return 0 }
+func killGroup(int) error               { return errors.New("not supported on this system") }
+func growPipe(*os.File)                 {}
 
-func sweepDescendants() int { return 0 }
-
-func killGroup(int) error { return errors.New("not supported on this system") }
-
-// growPipe: the pipe keeps its default size.
-func growPipe(*os.File) {}
-
-// unreadBytes is unknown here; the silence check then relies on the
-// reader having caught up by the next tick.
+// unreadBytes is unknown: the silence check relies on the reader catching up by the next tick.
 func unreadBytes(*os.File) int { return 0 }
