@@ -101,10 +101,9 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 	}, nil
 }
 
-// managerBase is manager_url without its path, query and fragment. The
-// Python worker joins absolute routes to the URL, which drops its path, and
-// a Manager v2 cannot be served under a path prefix anyway (its dashboard
-// uses absolute links), so a configured path is ignored, with a warning.
+// managerBase is manager_url without its path, query and fragment: the Python
+// worker's absolute routes drop the path too, and a Manager v2 cannot be served
+// under a prefix anyway (its dashboard uses absolute links).
 func managerBase(managerURL string, logger *slog.Logger) (string, error) {
 	u, err := url.Parse(managerURL)
 	if err != nil {
@@ -138,10 +137,9 @@ func (r *response) String() string {
 	return s
 }
 
-// call does an authenticated request. A 401 means the Manager forgot us
-// (its database was reset or the worker was auto-removed): sign on again,
-// which re-registers if needed, and repeat the request once. At sign-off
-// the worker is going anyway.
+// call does an authenticated request. A 401 means the Manager forgot us (its
+// database was reset, the worker auto-removed): sign on again, which registers
+// again if need be, and repeat the request once; not at sign-off, though.
 func (m *manager) call(ctx context.Context, method, path string, body any) (*response, error) {
 	gen := m.authGeneration()
 	resp, err := m.do(ctx, method, path, body, true)
@@ -169,10 +167,9 @@ func (m *manager) post(ctx context.Context, what, path string, body any) error {
 	return err
 }
 
-// do sends one request; body is JSON-encoded unless it is nil or []byte.
-// The transport bounds the connect and the wait for the response headers;
-// a stall timer bounds each pause while a body moves, so a large body
-// takes as long as it keeps moving.
+// do sends one request; body is JSON-encoded unless it is nil or []byte. The
+// transport bounds the connect and the wait for the response headers, a stall
+// timer each pause while a body moves: a large body takes as long as it moves.
 func (m *manager) do(ctx context.Context, method, path string, body any, auth bool) (*response, error) {
 	data, raw := body.([]byte)
 	if !raw && body != nil {
@@ -231,12 +228,11 @@ func (m *manager) stalled(ctx context.Context, err error) error {
 	return err
 }
 
-// stallReader re-arms the stall timer at every read. Reading a response
-// (last == 0), each read must return within idle. Sending a request body,
-// the transport reads the next piece once the previous one is written, so a
-// pause over idle means the Manager stopped taking it; after the last piece
-// comes last, for the final write and the response headers (whose own
-// timeout normally ends the wait first).
+// stallReader re-arms the stall timer at every read. Reading a response (last
+// == 0), each read must return within idle. Sending, the transport reads the
+// next piece once the previous one is written, so a pause over idle means the
+// Manager stopped taking the body; the final write and the response headers
+// (whose own timeout normally ends the wait first) get last.
 type stallReader struct {
 	r          io.Reader
 	stall      *time.Timer
@@ -299,10 +295,9 @@ func (m *manager) startup(ctx context.Context) error {
 	return m.register(ctx)
 }
 
-// register creates a new worker on the Manager with a fresh secret and
-// stores the credentials in the home config file. It first proves that
-// file writable: a worker that cannot keep its identity must not create
-// one on the Manager, let alone one per restart.
+// register creates a new worker on the Manager with a fresh secret and stores
+// the credentials in the home config file, which it first proves writable: a
+// worker that cannot keep its identity must not create one per restart.
 func (m *manager) register(ctx context.Context) error {
 	home, section := m.cfg.HomeConfig, cmp.Or(m.cfg.CredSection, workerSection)
 	if err := credentialsWritable(home, section); err != nil {
@@ -334,11 +329,10 @@ func (m *manager) register(ctx context.Context) error {
 	return nil
 }
 
-// signOn tells the Manager we are here. A 401 means our credentials are
-// unknown: register again, once, and sign on with the new ones. Should
-// those be refused too (a proxy that drops the Authorization header), the
-// cycle is repeated after a backoff that doubles up to retryMax, so that
-// the Manager sees at most one registration per step.
+// signOn tells the Manager we are here. A 401 means our credentials are unknown:
+// register again, once, and sign on with the new ones. Should those be refused
+// too (a proxy that drops the Authorization header), the cycle is repeated after
+// a backoff, so that the Manager sees at most one registration per step.
 func (m *manager) signOn(ctx context.Context) error {
 	for wait := m.refusalBackoff(); ; {
 		if !sleepCtx(ctx, wait) {
@@ -387,9 +381,8 @@ func (m *manager) signOnCycle(ctx context.Context) error {
 	}
 }
 
-// refusalBackoff is the wait before the next sign-on cycle: none at first,
-// then retryDelay doubling per refused cycle up to retryMax, each ±25 %
-// so that a farm's workers do not come back in step.
+// refusalBackoff is the wait before the next sign-on cycle: none at first, then
+// retryDelay doubling up to retryMax, ±25 % so that workers do not come back in step.
 func (m *manager) refusalBackoff() time.Duration {
 	n := m.authRefusals.Load()
 	if n <= 0 {
@@ -456,10 +449,9 @@ func randomSecret(n int) string {
 	return string(out)
 }
 
-// registrationToken is the HS256 JWT the Manager wants on /register-worker
-// when it has a worker_registration_secret. iat is a minute in the past, so
-// a worker whose clock runs a little ahead is not refused as "used before
-// issued"; exp is 15 minutes ahead, as in the Python worker.
+// registrationToken is the HS256 JWT the Manager wants on /register-worker when
+// it has a worker_registration_secret. iat is a minute back, so that a clock a
+// little ahead is not refused as "used before issued"; exp is 15 minutes ahead.
 func registrationToken(secret string, now time.Time) string {
 	enc := base64.RawURLEncoding
 	header := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
@@ -470,8 +462,7 @@ func registrationToken(secret string, now time.Time) string {
 	return header + "." + claims + "." + enc.EncodeToString(mac.Sum(nil))
 }
 
-// The routes whose answer is a status (spec/manager-v2.md §1.1). At sign-off
-// the Manager re-queues our active task.
+// The plain routes (spec/manager-v2.md §1.1); at sign-off the Manager re-queues our active task.
 func (m *manager) fetchTask(ctx context.Context) (*response, error) {
 	return m.call(ctx, http.MethodPost, "/task", nil)
 }
@@ -508,20 +499,17 @@ func (m *manager) mayIRun(ctx context.Context, taskID string) (*mayIRunAnswer, e
 	if resp.status != http.StatusOK {
 		return nil, fmt.Errorf("may-i-run: the Manager answered %s", resp)
 	}
-	a, err := decodeMayIRun(resp.body)
-	if err != nil {
-		return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
+	if a, err := decodeMayIRun(resp.body); err == nil {
+		return a, nil
 	}
-	return a, nil
+	return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
 }
 
+// decodeMayIRun reads a MayKeepRunningResponse, whose may_keep_running must be a boolean.
 func decodeMayIRun(body []byte) (*mayIRunAnswer, error) {
 	var a mayIRunAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		return nil, err
-	}
-	if a.MayKeepRunning == nil {
-		return nil, errors.New("no may_keep_running")
+	if err := json.Unmarshal(body, &a); err != nil || a.MayKeepRunning == nil {
+		return nil, fmt.Errorf("no boolean may_keep_running in %q", body)
 	}
 	return &a, nil
 }
@@ -555,10 +543,9 @@ func decodeStatusRequested(body []byte) (string, error) {
 	return doc.StatusRequested, nil
 }
 
-// outputNotifier sends /output-produced for the Manager's "latest image",
-// at most once per window. Unlike the Python worker, which dropped the
-// calls inside its window, the newest path waiting at the end of a window
-// is sent then, so the last image of a task is always shown.
+// outputNotifier sends /output-produced for the Manager's "latest image", at
+// most once per window. Unlike the Python worker, which dropped the calls inside
+// its window, it sends the newest one at the window's end: a task's last image shows.
 type outputNotifier struct {
 	send   func(ctx context.Context, path string) error
 	window time.Duration

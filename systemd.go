@@ -74,33 +74,29 @@ func (l *liveness) waiting(loop string, d time.Duration) {
 	}
 }
 
-// loopKey is the context key under which a loop's context names the loop.
+// loopKey is the context key of a loop's waitingOnPurpose.
 type loopKey struct{}
 
-type loopRef struct {
-	l    *liveness
-	name string
-}
-
 // in returns ctx naming loop, so that code deep down (a retry loop in the
-// Manager client) can say it waits on purpose: waitingOnPurpose.
+// Manager client) can say it waits on purpose: waitingOnPurpose. That only
+// extends a longer wait already recorded (a running task's), never shortens it.
 func (l *liveness) in(ctx context.Context, loop string) context.Context {
 	if l == nil {
 		return ctx
 	}
-	return context.WithValue(ctx, loopKey{}, loopRef{l, loop})
+	return context.WithValue(ctx, loopKey{}, func(d time.Duration) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if until := time.Now().Add(d); until.After(l.loops[loop]) {
+			l.loops[loop] = until
+		}
+	})
 }
 
-// waitingOnPurpose records that the loop named by ctx (if any) waits on
-// purpose for up to d; it only extends a longer wait already recorded (a
-// running task's), never shortens it.
+// waitingOnPurpose records that the loop named by ctx (if any) waits on purpose for up to d.
 func waitingOnPurpose(ctx context.Context, d time.Duration) {
-	if r, ok := ctx.Value(loopKey{}).(loopRef); ok {
-		r.l.mu.Lock()
-		defer r.l.mu.Unlock()
-		if until := time.Now().Add(d); until.After(r.l.loops[r.name]) {
-			r.l.loops[r.name] = until
-		}
+	if extend, ok := ctx.Value(loopKey{}).(func(time.Duration)); ok {
+		extend(d)
 	}
 }
 
