@@ -575,18 +575,15 @@ func (n *outputNotifier) notify(path string) {
 // run sends the newest path, then waits out the window. It ends with ctx.
 func (n *outputNotifier) run(ctx context.Context) {
 	for {
-		var path string
 		select {
 		case <-ctx.Done():
 			return
-		case path = <-n.latest:
-		}
-		if err := n.send(ctx, path); err != nil {
-			if ctx.Err() == nil {
+		case path := <-n.latest:
+			if err := n.send(ctx, path); err == nil {
+				n.logger.Info("Manager accepted our output notification", "path", path)
+			} else if ctx.Err() == nil {
 				n.logger.Warn("Manager rejected our output notification", "path", path, "err", err)
 			}
-		} else {
-			n.logger.Info("Manager accepted our output notification", "path", path)
 		}
 		if !sleepCtx(ctx, n.window) {
 			return
