@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -26,13 +27,15 @@ import (
 	"time"
 )
 
-// maxResponseBytes bounds what the worker reads of any Manager response; a
-// task document is a few KiB.
+// maxResponseBytes bounds what the worker reads of any Manager answer; a task document is a few KiB.
 const maxResponseBytes = 8 << 20
 
-// errForbidden means the Manager refused registration: the registration
-// secret is wrong. Retrying cannot help; the admin must fix the config.
-var errForbidden = errors.New("the Manager refused registration (403): check worker_registration_secret")
+var (
+	errForbidden = errors.New("the Manager refused registration (403): check worker_registration_secret")
+	errRefused   = errors.New("sign on: credentials refused even after registering again")
+	// errStalled is the cause of a request canceled by its stall timer.
+	errStalled = errors.New("no data moved")
+)
 
 // manager is the HTTP client for every Manager route the worker uses
 // (spec/manager-v2.md §1). It is safe for concurrent use.
@@ -44,33 +47,20 @@ type manager struct {
 	cfg        *Config
 	nickname   string
 	retryDelay time.Duration // between registration/sign-on attempts
-	limits     httpTimeouts
 	retryMax   time.Duration // cap of the backoff between refused sign-on cycles
+	limits     httpTimeouts
 
-	mu     sync.Mutex // guards id, secret and authGen
-	id     string
-	secret string
-	// authGen counts credential changes, so that of several requests that
-	// got a 401 at once only the first signs on again.
-	authGen int
-	// authTurn is a one-slot semaphore: one re-authentication at a time.
-	// Unlike a mutex, waiting for it ends with the waiter's context, since
-	// a sign-on in backoff may hold it for minutes.
-	authTurn chan struct{}
-	// authRefusals counts sign-on cycles in a row whose credentials the
-	// Manager refused (see signOn); an accepted authenticated request
-	// resets it.
-	authRefusals atomic.Int32
-
-	reach reachability // since when the Manager is unreachable, for STATUS= (systemd.go)
+	mu         sync.Mutex // guards id, secret and authGen
+	id, secret string
+	authGen    int // counts credential changes: of several requests refused at once, only the first signs on again
+	// authTurn is one re-authentication at a time; unlike a mutex, a waiter's
+	// context ends its wait, since a sign-on in backoff may take minutes.
+	authTurn     chan struct{}
+	authRefusals atomic.Int32 // refused sign-on cycles in a row; an accepted request resets it
+	reach        reachability // since when the Manager is unreachable, for STATUS= (systemd.go)
 }
 
-// errRefused is a sign-on cycle that ended with our credentials refused,
-// even fresh ones.
-var errRefused = errors.New("sign on: credentials refused even after registering again")
-
-// newManager builds the client. baseURL is the configured or discovered
-// manager_url.
+// newManager builds the client for baseURL, the configured or discovered manager_url.
 func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*manager, error) {
 	limits := cfg.Tuning.http
 	transport := http.DefaultTransport.(*http.Transport).Clone()
@@ -78,10 +68,17 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 	transport.DialContext = (&net.Dialer{Timeout: limits.connect, KeepAlive: 30 * time.Second}).DialContext
 	transport.TLSHandshakeTimeout = limits.connect
 	transport.ResponseHeaderTimeout = limits.header
-	if cfg.ManagerCAFile != "" {
-		pool, err := certPool(cfg.ManagerCAFile)
+	if file := cfg.ManagerCAFile; file != "" {
+		pool, err := x509.SystemCertPool()
 		if err != nil {
-			return nil, err
+			pool = x509.NewCertPool()
+		}
+		pem, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("manager_ca_file: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("manager_ca_file %s: no PEM certificate found", file)
 		}
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
@@ -94,27 +91,19 @@ func newManager(cfg *Config, baseURL, version string, logger *slog.Logger) (*man
 		base: base,
 		client: &http.Client{
 			Transport: transport, // no overall Timeout: see httpTimeouts
-			// The Manager never redirects a worker; following a redirect
-			// would turn a POST into a GET or loop. Report it instead.
+			// The Manager never redirects a worker; following one would turn
+			// a POST into a GET or loop. Report it instead.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		userAgent:  "Flamenco-Worker/" + version,
-		logger:     logger,
-		cfg:        cfg,
-		nickname:   host,
-		retryDelay: cfg.Tuning.registerRetry,
-		retryMax:   10 * time.Minute,
-		authTurn:   make(chan struct{}, 1),
-		limits:     limits,
-		id:         cfg.WorkerID,
-		secret:     cfg.WorkerSecret,
+		userAgent: "Flamenco-Worker/" + version, logger: logger, cfg: cfg, nickname: host,
+		retryDelay: cfg.Tuning.registerRetry, retryMax: 10 * time.Minute, limits: limits,
+		authTurn: make(chan struct{}, 1), id: cfg.WorkerID, secret: cfg.WorkerSecret,
 	}, nil
 }
 
-// managerBase is manager_url without its path, query and fragment. The
-// Python worker joins absolute routes to the URL, which drops its path, and
-// a Manager v2 cannot be served under a path prefix anyway (its dashboard
-// uses absolute links), so a configured path is ignored, with a warning.
+// managerBase is manager_url without its path, query and fragment: the Python
+// worker's absolute routes drop the path too, and a Manager v2 cannot be served
+// under a prefix anyway (its dashboard uses absolute links).
 func managerBase(managerURL string, logger *slog.Logger) (string, error) {
 	u, err := url.Parse(managerURL)
 	if err != nil {
@@ -127,22 +116,6 @@ func managerBase(managerURL string, logger *slog.Logger) (string, error) {
 	return u.String(), nil
 }
 
-// certPool is the system roots plus the PEM certificates in file.
-func certPool(file string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("manager_ca_file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("manager_ca_file %s: no PEM certificate found", file)
-	}
-	return pool, nil
-}
-
 // response is a Manager answer: its status and (bounded) body.
 type response struct {
 	status int
@@ -153,60 +126,55 @@ func (r *response) ok() bool { return r.status >= 200 && r.status < 300 }
 
 // String gives the status and the start of the body, for log lines.
 func (r *response) String() string {
+	s := fmt.Sprintf("%d %s", r.status, http.StatusText(r.status))
 	body := strings.TrimSpace(string(r.body))
 	if len(body) > 200 {
 		body = body[:200] + "…"
 	}
-	if body == "" {
-		return fmt.Sprintf("%d %s", r.status, http.StatusText(r.status))
+	if body != "" {
+		s += ": " + body
 	}
-	return fmt.Sprintf("%d %s: %s", r.status, http.StatusText(r.status), body)
+	return s
 }
 
-// call does an authenticated request. A 401 means the Manager forgot us
-// (its database was reset or the worker was auto-removed): sign on again,
-// which re-registers if needed, and repeat the request once.
+// call does an authenticated request. A 401 means the Manager forgot us (its
+// database was reset, the worker auto-removed): sign on again, which registers
+// again if need be, and repeat the request once; not at sign-off, though.
 func (m *manager) call(ctx context.Context, method, path string, body any) (*response, error) {
 	gen := m.authGeneration()
 	resp, err := m.do(ctx, method, path, body, true)
-	if err != nil || resp.status != http.StatusUnauthorized || path == "/sign-on" {
-		m.noteAuthAnswer(resp)
-		return resp, err
+	if err == nil && resp.status == http.StatusUnauthorized && path != "/sign-off" {
+		m.logger.Warn("Manager does not accept our credentials, signing on again", "path", path)
+		if err := m.reauthenticate(ctx, gen); err != nil {
+			return resp, err
+		}
+		if resp, err = m.do(ctx, method, path, body, true); err == nil && resp.status == http.StatusUnauthorized {
+			m.authRefusals.Add(1) // signed on, yet refused: the next sign-on waits its turn
+		}
 	}
-	m.logger.Warn("Manager does not accept our credentials, signing on again", "path", path)
-	if err := m.reauthenticate(ctx, gen); err != nil {
-		return resp, err
+	if resp != nil && resp.status != http.StatusUnauthorized {
+		m.authRefusals.Store(0) // accepted: the sign-on backoff ends
 	}
-	resp, err = m.do(ctx, method, path, body, true)
-	if err == nil && resp.status == http.StatusUnauthorized {
-		// Signed on, yet refused: the next sign-on waits its turn.
-		m.authRefusals.Add(1)
-	}
-	m.noteAuthAnswer(resp)
 	return resp, err
 }
 
-// noteAuthAnswer ends the sign-on backoff once the Manager accepts our
-// credentials on a request other than /sign-on.
-func (m *manager) noteAuthAnswer(resp *response) {
-	if resp != nil && resp.status != http.StatusUnauthorized {
-		m.authRefusals.Store(0)
+// post is a route whose answer matters only as 2xx or not.
+func (m *manager) post(ctx context.Context, what, path string, body any) error {
+	resp, err := m.call(ctx, http.MethodPost, path, body)
+	if err == nil && !resp.ok() {
+		err = fmt.Errorf("%s: the Manager answered %s", what, resp)
 	}
+	return err
 }
 
-// do sends one request. body is JSON-encoded unless it is nil or []byte.
-// The transport bounds the connect and the wait for the response headers;
-// a stall timer bounds each pause while the request or response body
-// moves, so a large body takes as long as it keeps moving.
+// do sends one request; body is JSON-encoded unless it is nil or []byte. The
+// transport bounds the connect and the wait for the response headers, a stall
+// timer each pause while a body moves: a large body takes as long as it moves.
 func (m *manager) do(ctx context.Context, method, path string, body any, auth bool) (*response, error) {
-	var data []byte
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		data = b
-	default:
+	data, raw := body.([]byte)
+	if !raw && body != nil {
 		var err error
-		if data, err = json.Marshal(b); err != nil {
+		if data, err = json.Marshal(body); err != nil {
 			return nil, fmt.Errorf("encoding %s body: %w", path, err)
 		}
 	}
@@ -226,13 +194,12 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 	if len(data) > 0 {
 		req.ContentLength = int64(len(data))
 		req.GetBody = func() (io.ReadCloser, error) {
-			return io.NopCloser(&sending{r: bytes.NewReader(data), stall: stall, idle: m.limits.idle, then: m.limits.idle + m.limits.header}), nil
+			return io.NopCloser(&stallReader{bytes.NewReader(data), stall, m.limits.idle, m.limits.idle + m.limits.header}), nil
 		}
 		req.Body, _ = req.GetBody()
 	}
 	if auth {
-		id, secret := m.credentials()
-		req.SetBasicAuth(id, secret)
+		req.SetBasicAuth(m.credentials())
 	} else if path == "/register-worker" && strings.TrimSpace(m.cfg.WorkerRegistrationSecret) != "" {
 		req.Header.Set("Authorization", "Bearer "+registrationToken(m.cfg.WorkerRegistrationSecret, time.Now()))
 	}
@@ -243,7 +210,7 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 		return nil, m.stalled(ctx, err)
 	}
 	defer resp.Body.Close()
-	data, err = io.ReadAll(io.LimitReader(&receiving{r: resp.Body, stall: stall, idle: m.limits.idle}, maxResponseBytes+1))
+	data, err = io.ReadAll(io.LimitReader(&stallReader{resp.Body, stall, m.limits.idle, 0}, maxResponseBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: reading response: %w", method, path, m.stalled(ctx, err))
 	}
@@ -253,9 +220,6 @@ func (m *manager) do(ctx context.Context, method, path string, body any, auth bo
 	return &response{status: resp.StatusCode, body: data}, nil
 }
 
-// errStalled is the cause of a request canceled by its stall timer.
-var errStalled = errors.New("no data moved")
-
 // stalled names the idle timeout in err when the stall timer ended the request.
 func (m *manager) stalled(ctx context.Context, err error) error {
 	if errors.Is(context.Cause(ctx), errStalled) {
@@ -264,39 +228,30 @@ func (m *manager) stalled(ctx context.Context, err error) error {
 	return err
 }
 
-// sending is a request body that re-arms the stall timer at every read:
-// the transport reads the next piece once the previous one is written, so
-// a pause longer than idle means the Manager stopped taking the body. After
-// the last piece it allows for the final write and the response headers
-// (whose own timeout normally ends the wait first).
-type sending struct {
-	r     io.Reader
-	stall *time.Timer
-	idle  time.Duration
-	then  time.Duration
+// stallReader re-arms the stall timer at every read. Reading a response (last
+// == 0), each read must return within idle. Sending, the transport reads the
+// next piece once the previous one is written, so a pause over idle means the
+// Manager stopped taking the body; the final write and the response headers
+// (whose own timeout normally ends the wait first) get last.
+type stallReader struct {
+	r          io.Reader
+	stall      *time.Timer
+	idle, last time.Duration
 }
 
-func (s *sending) Read(p []byte) (int, error) {
+func (s *stallReader) Read(p []byte) (int, error) {
+	if s.last == 0 {
+		s.stall.Reset(s.idle)
+		defer s.stall.Stop()
+		return s.r.Read(p)
+	}
 	n, err := s.r.Read(p)
 	if err != nil {
-		s.stall.Reset(s.then)
+		s.stall.Reset(s.last)
 	} else {
 		s.stall.Reset(s.idle)
 	}
 	return n, err
-}
-
-// receiving is a response body whose every read must return within idle.
-type receiving struct {
-	r     io.Reader
-	stall *time.Timer
-	idle  time.Duration
-}
-
-func (r *receiving) Read(p []byte) (int, error) {
-	r.stall.Reset(r.idle)
-	defer r.stall.Stop()
-	return r.r.Read(p)
 }
 
 func (m *manager) credentials() (id, secret string) {
@@ -316,8 +271,8 @@ func (m *manager) hasCredentials() bool {
 	return id != "" && secret != ""
 }
 
-// reauthenticate signs on again unless another request already did so
-// since generation gen was current.
+// reauthenticate signs on again unless another request did so since
+// generation gen was current.
 func (m *manager) reauthenticate(ctx context.Context, gen int) error {
 	select {
 	case m.authTurn <- struct{}{}:
@@ -334,30 +289,22 @@ func (m *manager) reauthenticate(ctx context.Context, gen int) error {
 // startup registers (no credentials yet) or signs on, retrying every
 // retryDelay while the Manager is unreachable or failing.
 func (m *manager) startup(ctx context.Context) error {
-	if !m.hasCredentials() {
-		return m.register(ctx)
+	if m.hasCredentials() {
+		return m.signOn(ctx)
 	}
-	return m.signOn(ctx)
+	return m.register(ctx)
 }
 
-// register creates a new worker on the Manager with a fresh secret and
-// stores the credentials in the home config file. It first proves that
-// file writable: a worker that cannot keep its identity must not create
-// one on the Manager, let alone one per restart.
+// register creates a new worker on the Manager with a fresh secret and stores
+// the credentials in the home config file, which it first proves writable: a
+// worker that cannot keep its identity must not create one per restart.
 func (m *manager) register(ctx context.Context) error {
-	if err := credentialsWritable(m.cfg.HomeConfig, m.credSection()); err != nil {
-		return fmt.Errorf("not registering at the Manager: the new credentials could not be stored in %s: %w", m.cfg.HomeConfig, err)
+	home, section := m.cfg.HomeConfig, cmp.Or(m.cfg.CredSection, workerSection)
+	if err := credentialsWritable(home, section); err != nil {
+		return fmt.Errorf("not registering at the Manager: the new credentials could not be stored in %s: %w", home, err)
 	}
-	secret, err := randomSecret(64)
-	if err != nil {
-		return err
-	}
-	doc := map[string]any{
-		"secret":               secret,
-		"platform":             runtime.GOOS,
-		"supported_task_types": m.cfg.TaskTypes,
-		"nickname":             m.nickname,
-	}
+	secret := randomSecret(64)
+	doc := map[string]any{"secret": secret, "platform": runtime.GOOS, "supported_task_types": m.cfg.TaskTypes, "nickname": m.nickname}
 	resp, err := m.retry(ctx, "register", func() (*response, error) {
 		return m.do(ctx, http.MethodPost, "/register-worker", doc, false)
 	})
@@ -375,29 +322,19 @@ func (m *manager) register(ctx context.Context) error {
 	m.authGen++
 	m.mu.Unlock()
 	m.logger.Info("registered at the Manager", "worker_id", worker.ID)
-	if err := writeSectionCredentials(m.cfg.HomeConfig, m.credSection(), worker.ID, secret); err != nil {
+	if err := writeSectionCredentials(home, section, worker.ID, secret); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
-	m.logger.Info("updated configuration file", "path", m.cfg.HomeConfig, "section", m.credSection())
+	m.logger.Info("updated configuration file", "path", home, "section", section)
 	return nil
 }
 
-// credSection is the home-file section of our credentials.
-func (m *manager) credSection() string {
-	if m.cfg.CredSection == "" {
-		return workerSection
-	}
-	return m.cfg.CredSection
-}
-
-// signOn tells the Manager we are here. A 401 means our credentials are
-// unknown: register again, once, and sign on with the new ones. Should
-// those be refused too (a proxy that drops the Authorization header), the
-// cycle is repeated after a backoff that doubles up to retryMax, so that
-// the Manager sees at most one registration per step.
+// signOn tells the Manager we are here. A 401 means our credentials are unknown:
+// register again, once, and sign on with the new ones. Should those be refused
+// too (a proxy that drops the Authorization header), the cycle is repeated after
+// a backoff, so that the Manager sees at most one registration per step.
 func (m *manager) signOn(ctx context.Context) error {
-	wait := m.refusalBackoff()
-	for {
+	for wait := m.refusalBackoff(); ; {
 		if !sleepCtx(ctx, wait) {
 			return ctx.Err()
 		}
@@ -417,8 +354,7 @@ func (m *manager) signOn(ctx context.Context) error {
 	}
 }
 
-// signOnCycle is one sign-on, and on a 401 one registration and one more
-// sign-on.
+// signOnCycle is one sign-on, and on a 401 one registration and one more sign-on.
 func (m *manager) signOnCycle(ctx context.Context) error {
 	doc := map[string]any{"supported_task_types": m.cfg.TaskTypes, "nickname": m.nickname}
 	for attempt := 0; ; attempt++ {
@@ -445,9 +381,8 @@ func (m *manager) signOnCycle(ctx context.Context) error {
 	}
 }
 
-// refusalBackoff is the wait before the next sign-on cycle: none at first,
-// then retryDelay doubling per refused cycle up to retryMax, each ±25 %
-// so that a farm's workers do not come back in step.
+// refusalBackoff is the wait before the next sign-on cycle: none at first, then
+// retryDelay doubling up to retryMax, ±25 % so that workers do not come back in step.
 func (m *manager) refusalBackoff() time.Duration {
 	n := m.authRefusals.Load()
 	if n <= 0 {
@@ -500,26 +435,23 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// randomSecret returns n characters from [A-Za-z0-9], from crypto/rand.
-func randomSecret(n int) (string, error) {
+// randomSecret is n characters from [A-Za-z0-9]; bytes from 248 (4·62) up
+// are skipped to keep the distribution uniform.
+func randomSecret(n int) string {
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 	out := make([]byte, 0, n)
-	buf := make([]byte, 1)
-	for len(out) < n {
-		if _, err := rand.Read(buf); err != nil {
-			return "", fmt.Errorf("generating secret: %w", err)
-		}
-		if buf[0] < 248 { // 248 = 4*62: keep the distribution uniform
-			out = append(out, alphabet[int(buf[0])%len(alphabet)])
+	for b := make([]byte, 1); len(out) < n; {
+		rand.Read(b) // never fails: it crashes the program instead
+		if b[0] < 248 {
+			out = append(out, alphabet[int(b[0])%len(alphabet)])
 		}
 	}
-	return string(out), nil
+	return string(out)
 }
 
-// registrationToken is the HS256 JWT the Manager wants on /register-worker
-// when it has a worker_registration_secret. iat is a minute in the past, so
-// a worker whose clock runs a little ahead is not refused as "used before
-// issued"; exp is 15 minutes ahead, as in the Python worker.
+// registrationToken is the HS256 JWT the Manager wants on /register-worker when
+// it has a worker_registration_secret. iat is a minute back, so that a clock a
+// little ahead is not refused as "used before issued"; exp is 15 minutes ahead.
 func registrationToken(secret string, now time.Time) string {
 	enc := base64.RawURLEncoding
 	header := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
@@ -530,9 +462,24 @@ func registrationToken(secret string, now time.Time) string {
 	return header + "." + claims + "." + enc.EncodeToString(mac.Sum(nil))
 }
 
-// fetchTask asks for work: POST /task.
+// The plain routes (spec/manager-v2.md §1.1); at sign-off the Manager re-queues our active task.
 func (m *manager) fetchTask(ctx context.Context) (*response, error) {
 	return m.call(ctx, http.MethodPost, "/task", nil)
+}
+func (m *manager) postUpdate(ctx context.Context, taskID string, payload []byte) (*response, error) {
+	return m.call(ctx, http.MethodPost, "/tasks/"+url.PathEscape(taskID)+"/update", payload)
+}
+func (m *manager) returnTask(ctx context.Context, taskID string) error {
+	return m.post(ctx, "return task", "/tasks/"+url.PathEscape(taskID)+"/return", nil)
+}
+func (m *manager) ackStatusChange(ctx context.Context, status string) error {
+	return m.post(ctx, "ack-status-change", "/ack-status-change/"+status, nil)
+}
+func (m *manager) outputProduced(ctx context.Context, paths ...string) error {
+	return m.post(ctx, "output-produced", "/output-produced", map[string][]string{"paths": paths})
+}
+func (m *manager) signOff(ctx context.Context) error {
+	return m.post(ctx, "sign off", "/sign-off", nil)
 }
 
 // mayIRunAnswer is the Manager's MayKeepRunningResponse.
@@ -552,22 +499,17 @@ func (m *manager) mayIRun(ctx context.Context, taskID string) (*mayIRunAnswer, e
 	if resp.status != http.StatusOK {
 		return nil, fmt.Errorf("may-i-run: the Manager answered %s", resp)
 	}
-	a, err := decodeMayIRun(resp.body)
-	if err != nil {
-		return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
+	if a, err := decodeMayIRun(resp.body); err == nil {
+		return a, nil
 	}
-	return a, nil
+	return nil, fmt.Errorf("may-i-run: unexpected answer %s", resp)
 }
 
-// decodeMayIRun reads a MayKeepRunningResponse; may_keep_running must be
-// a boolean.
+// decodeMayIRun reads a MayKeepRunningResponse, whose may_keep_running must be a boolean.
 func decodeMayIRun(body []byte) (*mayIRunAnswer, error) {
 	var a mayIRunAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		return nil, err
-	}
-	if a.MayKeepRunning == nil {
-		return nil, errors.New("no may_keep_running")
+	if err := json.Unmarshal(body, &a); err != nil || a.MayKeepRunning == nil {
+		return nil, fmt.Errorf("no boolean may_keep_running in %q", body)
 	}
 	return &a, nil
 }
@@ -601,43 +543,50 @@ func decodeStatusRequested(body []byte) (string, error) {
 	return doc.StatusRequested, nil
 }
 
-// ackStatusChange acknowledges that the worker is now in status.
-func (m *manager) ackStatusChange(ctx context.Context, status string) error {
-	resp, err := m.call(ctx, http.MethodPost, "/ack-status-change/"+status, nil)
-	if err == nil && !resp.ok() {
-		err = fmt.Errorf("ack-status-change: the Manager answered %s", resp)
-	}
-	return err
+// outputNotifier sends /output-produced for the Manager's "latest image", at
+// most once per window. Unlike the Python worker, which dropped the calls inside
+// its window, it sends the newest one at the window's end: a task's last image shows.
+type outputNotifier struct {
+	send   func(ctx context.Context, path string) error
+	window time.Duration
+	logger *slog.Logger
+	latest chan string // the newest path not yet sent
 }
 
-// returnTask gives a task back to the Manager's queue.
-func (m *manager) returnTask(ctx context.Context, taskID string) error {
-	resp, err := m.call(ctx, http.MethodPost, "/tasks/"+url.PathEscape(taskID)+"/return", nil)
-	if err == nil && !resp.ok() {
-		err = fmt.Errorf("return task: the Manager answered %s", resp)
-	}
-	return err
+func newOutputNotifier(send func(ctx context.Context, path string) error, window time.Duration, logger *slog.Logger) *outputNotifier {
+	return &outputNotifier{send: send, window: window, logger: logger, latest: make(chan string, 1)}
 }
 
-// signOff tells the Manager we are going; it re-queues our active task.
-func (m *manager) signOff(ctx context.Context) error {
-	resp, err := m.do(ctx, http.MethodPost, "/sign-off", nil, true)
-	if err == nil && !resp.ok() {
-		err = fmt.Errorf("sign off: the Manager answered %s", resp)
+// notify records path as the newest output; it never blocks.
+func (n *outputNotifier) notify(path string) {
+	if path == "" {
+		return
 	}
-	return err
+	select {
+	case <-n.latest: // replaced by the newer one
+	default:
+	}
+	select {
+	case n.latest <- path:
+	default: // a concurrent notify's path is as new
+	}
 }
 
-// outputProduced tells the Manager about a new output file.
-func (m *manager) outputProduced(ctx context.Context, paths ...string) error {
-	resp, err := m.call(ctx, http.MethodPost, "/output-produced", map[string][]string{"paths": paths})
-	if err == nil && !resp.ok() {
-		err = fmt.Errorf("output-produced: the Manager answered %s", resp)
+// run sends the newest path, then waits out the window. It ends with ctx.
+func (n *outputNotifier) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case path := <-n.latest:
+			if err := n.send(ctx, path); err == nil {
+				n.logger.Info("Manager accepted our output notification", "path", path)
+			} else if ctx.Err() == nil {
+				n.logger.Warn("Manager rejected our output notification", "path", path, "err", err)
+			}
+		}
+		if !sleepCtx(ctx, n.window) {
+			return
+		}
 	}
-	return err
-}
-
-// postUpdate sends one queued task update.
-func (m *manager) postUpdate(ctx context.Context, taskID string, payload []byte) (*response, error) {
-	return m.call(ctx, http.MethodPost, "/tasks/"+url.PathEscape(taskID)+"/update", payload)
 }

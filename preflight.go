@@ -27,13 +27,14 @@ func preflight(ctx context.Context, cfg *Config, tune tuning, stdout io.Writer, 
 	report(true, "config", "valid")
 	checkManager(ctx, cfg, tune, logger, report)
 	checkQueue(cfg.TaskUpdateQueueDB, report)
-	tools := []struct{ name, needed string }{{"blender", "blender-render exr-merge test-blender-render"}, {"ffmpeg", "video-encoding"}}
+	tools := []struct{ name, flag, needed string }{
+		{"blender", "--version", "blender-render exr-merge test-blender-render"}, {"ffmpeg", "-version", "video-encoding"}}
 	for _, tool := range tools {
 		if !slices.ContainsFunc(cfg.TaskTypes, func(t string) bool { return slices.Contains(strings.Fields(tool.needed), t) }) {
 			fmt.Fprintf(stdout, "SKIP %-14s not needed for task types %s\n", tool.name, strings.Join(cfg.TaskTypes, " "))
 			continue
 		}
-		detail, err := toolVersion(ctx, tool.name)
+		detail, err := toolVersion(ctx, tool.name, tool.flag)
 		report(err == nil, tool.name, detail)
 	}
 	for _, c := range cfg.PreTaskChecks {
@@ -82,14 +83,10 @@ func checkManager(ctx context.Context, cfg *Config, tune tuning, logger *slog.Lo
 }
 
 // toolVersion finds a tool on $PATH and returns its path and version line.
-func toolVersion(ctx context.Context, name string) (string, error) {
+func toolVersion(ctx context.Context, name, flag string) (string, error) {
 	path, err := exec.LookPath(name)
 	if err != nil {
 		return fmt.Sprintf("%s not found on $PATH", name), err
-	}
-	flag := "-version"
-	if name == "blender" {
-		flag = "--version"
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

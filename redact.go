@@ -1,8 +1,9 @@
 package main
 
-import (
-	"strings"
-)
+import "strings"
+
+// redactedPassword replaces the password of a URL's userinfo in output.
+const redactedPassword = "xxxxx"
 
 // redactURL hides the password in raw's userinfo, as url.URL.Redacted does
 // (http://user:xxxxx@host/), but without parsing, so that a URL too broken
@@ -14,8 +15,7 @@ func redactURL(raw string) string {
 	return raw
 }
 
-// redactIn hides the password of rawURL wherever it occurs in msg, such as
-// an error that quotes the URL.
+// redactIn hides the password of rawURL wherever msg quotes it.
 func redactIn(msg, rawURL string) string {
 	if pw := urlPassword(rawURL); pw != "" {
 		return strings.ReplaceAll(msg, pw, redactedPassword)
@@ -23,15 +23,9 @@ func redactIn(msg, rawURL string) string {
 	return msg
 }
 
-// redactedPassword replaces the password of a URL's userinfo in output.
-const redactedPassword = "xxxxx"
-
 // urlPassword is the password in raw's userinfo, as written, or "".
 func urlPassword(raw string) string {
-	_, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return ""
-	}
+	_, rest, _ := strings.Cut(raw, "://")
 	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
 		rest = rest[:end]
 	}

@@ -12,8 +12,7 @@ import (
 
 // sdNotify sends a state line ("READY=1", "STOPPING=1", "WATCHDOG=1",
 // "STATUS=...") to systemd when it runs us as Type=notify; without
-// $NOTIFY_SOCKET it does nothing. Errors are ignored: systemd readiness is
-// a courtesy.
+// $NOTIFY_SOCKET it does nothing. Errors are ignored: readiness is a courtesy.
 func sdNotify(state string) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
@@ -22,22 +21,17 @@ func sdNotify(state string) {
 	if path[0] == '@' { // abstract socket namespace
 		path = "\x00" + path[1:]
 	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return
+	if conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"}); err == nil {
+		conn.Write([]byte(state))
+		conn.Close()
 	}
-	defer conn.Close()
-	conn.Write([]byte(state))
 }
 
 // watchdogTimeout is $WATCHDOG_USEC (the unit's WatchdogSec=), or 0 when
 // the watchdog is off or meant for another process.
 func watchdogTimeout() time.Duration {
 	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
-	if err != nil || usec <= 0 {
-		return 0
-	}
-	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+	if pid := os.Getenv("WATCHDOG_PID"); err != nil || usec <= 0 || pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return 0
 	}
 	return time.Duration(usec) * time.Microsecond
@@ -51,31 +45,21 @@ type liveness struct {
 	hook func(loop string) // test hook, at every beat
 
 	mu    sync.Mutex
-	loops map[string]heartbeat
+	loops map[string]time.Time // until when each loop counts as alive: its last beat, or the end of a deliberate wait
 }
-
-// heartbeat is a loop's last sign of life: progress at `at`, or a
-// deliberate wait that lasts until `until`.
-type heartbeat struct{ at, until time.Time }
 
 // forever is the end of a wait with no deadline of its own (an empty
 // queue, a running task: those have their own timeouts).
 const forever = 100 * 365 * 24 * time.Hour
 
 func newLiveness(hook func(string)) *liveness {
-	return &liveness{hook: hook, loops: map[string]heartbeat{}}
+	return &liveness{hook: hook, loops: map[string]time.Time{}}
 }
 
 // beat records that loop made progress now.
 func (l *liveness) beat(loop string) {
-	if l == nil {
-		return
-	}
-	now := time.Now()
-	l.mu.Lock()
-	l.loops[loop] = heartbeat{at: now, until: now}
-	l.mu.Unlock()
-	if l.hook != nil {
+	l.waiting(loop, 0)
+	if l != nil && l.hook != nil {
 		l.hook(loop) // after the beat: a wedge here is a loop stuck in its work
 	}
 }
@@ -83,56 +67,46 @@ func (l *liveness) beat(loop string) {
 // waiting records that loop is about to wait on purpose for up to d
 // (forever: as long as it takes).
 func (l *liveness) waiting(loop string, d time.Duration) {
-	if l == nil {
-		return
+	if l != nil {
+		l.mu.Lock()
+		l.loops[loop] = time.Now().Add(d)
+		l.mu.Unlock()
 	}
-	now := time.Now()
-	l.mu.Lock()
-	l.loops[loop] = heartbeat{at: now, until: now.Add(d)}
-	l.mu.Unlock()
 }
 
-// loopKey is the context key under which a loop's context names the loop.
+// loopKey is the context key of a loop's waitingOnPurpose.
 type loopKey struct{}
 
-type loopRef struct {
-	l    *liveness
-	name string
-}
-
 // in returns ctx naming loop, so that code deep down (a retry loop in the
-// Manager client) can say it waits on purpose: waitingOnPurpose.
+// Manager client) can say it waits on purpose: waitingOnPurpose. That only
+// extends a longer wait already recorded (a running task's), never shortens it.
 func (l *liveness) in(ctx context.Context, loop string) context.Context {
 	if l == nil {
 		return ctx
 	}
-	return context.WithValue(ctx, loopKey{}, loopRef{l, loop})
+	return context.WithValue(ctx, loopKey{}, func(d time.Duration) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if until := time.Now().Add(d); until.After(l.loops[loop]) {
+			l.loops[loop] = until
+		}
+	})
 }
 
-// waitingOnPurpose records that the loop named by ctx (if any) waits on
-// purpose for up to d; it only extends a longer wait already recorded (a
-// running task's), never shortens it.
+// waitingOnPurpose records that the loop named by ctx (if any) waits on purpose for up to d.
 func waitingOnPurpose(ctx context.Context, d time.Duration) {
-	r, ok := ctx.Value(loopKey{}).(loopRef)
-	if !ok {
-		return
-	}
-	until := time.Now().Add(d)
-	r.l.mu.Lock()
-	defer r.l.mu.Unlock()
-	if hb := r.l.loops[r.name]; hb.until.Before(until) {
-		r.l.loops[r.name] = heartbeat{at: time.Now(), until: until}
+	if extend, ok := ctx.Value(loopKey{}).(func(time.Duration)); ok {
+		extend(d)
 	}
 }
 
 // stale lists the loops that showed no sign of life for longer than limit.
 func (l *liveness) stale(limit time.Duration) []string {
-	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []string
-	for name, hb := range l.loops {
-		if now.Sub(hb.until) > limit {
+	for name, until := range l.loops {
+		if time.Since(until) > limit {
 			out = append(out, name)
 		}
 	}
@@ -156,10 +130,9 @@ func (r *reachability) note(ctx context.Context, err error, resp *http.Response)
 		resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusGatewayTimeout
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case !down:
+	if !down {
 		r.since = time.Time{}
-	case r.since.IsZero():
+	} else if r.since.IsZero() {
 		r.since = time.Now()
 	}
 }

@@ -185,8 +185,8 @@ func TestLivenessStale(t *testing.T) {
 	if got := strings.Join(stale, ","); got != "forward,idle" {
 		t.Errorf("stale(10ms) = %q, want forward,idle (beat or wait ended 20 ms ago), not fetch", got)
 	}
-	if hb := l.loops["fetch"]; time.Until(hb.until) < 24*time.Hour {
-		t.Errorf("waitingOnPurpose shortened a running task's wait to %v", hb.until)
+	if until := l.loops["fetch"]; time.Until(until) < 24*time.Hour {
+		t.Errorf("waitingOnPurpose shortened a running task's wait to %v", until)
 	}
 	waitingOnPurpose(t.Context(), time.Hour) // no loop in ctx: nothing, no panic
 }
