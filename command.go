@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -100,12 +99,4 @@ func (t *timing) checkpoint(name string) {
 		t.set(t.lastName, now.Sub(t.lastStart))
 	}
 	t.lastName, t.lastStart = name, now
-}
-
-// absPath makes p absolute without touching the file system.
-func absPath(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
 }

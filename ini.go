@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"unicode"
@@ -343,4 +344,12 @@ func writeINILine(b *strings.Builder, key, value string) {
 // escapeINI protects a literal value from interpolation.
 func escapeINI(v string) string {
 	return strings.ReplaceAll(v, "$", "$$")
+}
+
+// absPath makes p absolute without touching the file system.
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }

@@ -132,9 +132,74 @@ func main() {
 			fmt.Printf("    %s uses %s\n", ab[1], keys(what[[2]string{ab[1], ab[0]}]))
 		}
 	}
+	cycles := sccs(uses)
+	fmt.Printf("file cycles: %d\n", len(cycles))
+	for _, c := range cycles {
+		fmt.Println("  " + strings.Join(c, ", "))
+		for _, a := range c {
+			for _, b := range c {
+				if *verbose && uses[a][b] {
+					fmt.Printf("    %s uses %s: %s\n", a, b, keys(what[[2]string{a, b}]))
+				}
+			}
+		}
+		bad = true
+	}
 	if bad {
 		os.Exit(1)
 	}
+}
+
+// sccs are the groups of two or more files that reach each other through
+// their uses (Tarjan's algorithm), each sorted.
+func sccs(g map[string]map[string]bool) [][]string {
+	var nodes []string
+	for n := range g {
+		nodes = append(nodes, n)
+	}
+	sort.Strings(nodes)
+	index, low, on := map[string]int{}, map[string]int{}, map[string]bool{}
+	var stack []string
+	var out [][]string
+	var visit func(string)
+	visit = func(v string) {
+		index[v], low[v] = len(index), len(index)
+		stack, on[v] = append(stack, v), true
+		var next []string
+		for w := range g[v] {
+			next = append(next, w)
+		}
+		sort.Strings(next)
+		for _, w := range next {
+			if _, seen := index[w]; !seen {
+				visit(w)
+				low[v] = min(low[v], low[w])
+			} else if on[w] {
+				low[v] = min(low[v], index[w])
+			}
+		}
+		if low[v] == index[v] {
+			var c []string
+			for {
+				w := stack[len(stack)-1]
+				stack, on[w] = stack[:len(stack)-1], false
+				c = append(c, w)
+				if w == v {
+					break
+				}
+			}
+			if len(c) > 1 {
+				sort.Strings(c)
+				out = append(out, c)
+			}
+		}
+	}
+	for _, n := range nodes {
+		if _, seen := index[n]; !seen {
+			visit(n)
+		}
+	}
+	return out
 }
 
 func keys(m map[string]bool) string {
