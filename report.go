@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -31,14 +29,6 @@ type taskUpdate struct {
 
 type taskMetrics struct {
 	Timing map[string]float64 `json:"timing"`
-}
-
-// outgoing is one update on its way to the durable queue. A nil payload is
-// a marker: done is closed once everything sent before it is committed.
-type outgoing struct {
-	taskID  string
-	payload []byte
-	done    chan struct{}
 }
 
 // reporter batches one task's activity, progress and log lines into task
@@ -439,117 +429,4 @@ func (r *reporter) snapshot() (u taskUpdate, pid int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.act, int(r.pid.Load())
-}
-
-// withoutStatus is a queued update without its task_status, for a task the
-// Manager told us to stop: its log lines and activity still go out, but a
-// stale "active" would claim a task that is no longer ours.
-func withoutStatus(payload []byte) []byte {
-	var doc map[string]json.RawMessage
-	if json.Unmarshal(payload, &doc) != nil {
-		return payload
-	}
-	if _, ok := doc["task_status"]; !ok {
-		return payload
-	}
-	delete(doc, "task_status")
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return payload
-	}
-	return out
-}
-
-// decodeUpdate splits a queued update into its log lines and its other
-// fields, so that it can be sent in parts.
-func decodeUpdate(payload []byte) (doc map[string]json.RawMessage, lines []string, ok bool) {
-	if json.Unmarshal(payload, &doc) != nil || doc == nil {
-		return nil, nil, false
-	}
-	if raw, found := doc["log"]; found {
-		var text string
-		json.Unmarshal(raw, &text)
-		if text != "" {
-			lines = strings.Split(text, "\n")
-		}
-		delete(doc, "log")
-	}
-	return doc, lines, true
-}
-
-// splitParts is the next part of an update refused as too large: at most
-// maxLines of its log lines (0: all), each, like the activity, cut to
-// lineBytes (0: whole). Activity, progress, status and metrics go with the
-// last part only, so that they arrive once every line before them has;
-// rest is the update after the part, nil when part is the last one. n is
-// the number of lines in part, longest its longest line (or activity) as
-// sent.
-func splitParts(doc map[string]json.RawMessage, lines []string, maxLines, lineBytes int) (part, rest []byte, n, longest int) {
-	n = len(lines)
-	if maxLines > 0 {
-		n = min(n, maxLines)
-	}
-	if n < len(lines) {
-		part, longest = encodeUpdate(nil, lines[:n], lineBytes)
-		rest, _ = encodeUpdate(doc, lines[n:], 0)
-		return part, rest, n, longest
-	}
-	if raw, ok := doc["activity"]; ok && lineBytes > 0 {
-		var act string
-		json.Unmarshal(raw, &act)
-		doc = maps.Clone(doc)
-		doc["activity"] = appendJSONString(nil, []byte(cutText(act, lineBytes)))
-	}
-	part, longest = encodeUpdate(doc, lines, lineBytes)
-	if raw, ok := doc["activity"]; ok {
-		longest = max(longest, len(raw)-2)
-	}
-	return part, nil, n, longest
-}
-
-// encodeUpdate is the JSON object of doc's fields, keys sorted, plus lines
-// (each cut to lineBytes unless 0) as its log; it also returns the longest
-// line as encoded.
-func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int) ([]byte, int) {
-	var text []byte
-	longest := 0
-	for i, l := range lines {
-		if lineBytes > 0 {
-			l = cutText(l, lineBytes)
-		}
-		if i > 0 {
-			text = append(text, '\n')
-		}
-		text = append(text, l...)
-		longest = max(longest, len(l))
-	}
-	keys := slices.Sorted(maps.Keys(doc))
-	out := []byte{'{'}
-	for _, k := range keys {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = appendJSONString(out, []byte(k))
-		out = append(append(out, ':'), doc[k]...)
-	}
-	if len(lines) > 0 {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = appendJSONString(append(out, `"log":`...), text)
-	}
-	return append(out, '}'), longest
-}
-
-// cutText cuts s, valid UTF-8, to about n bytes, with a marker saying how
-// much went.
-func cutText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
 }
