@@ -251,16 +251,12 @@ type headState struct {
 	// sent: the delete of the delivered head (rest nil), or its rewrite to
 	// rest once a part of it was delivered. Retried with the forwarder's
 	// backoff; the row is never sent again.
-	pending   bool
-	rest      []byte
-	lines     int // after a 413: at most this many log lines per request; 0 = all
-	lineBytes int // after a 413 on one line: lines cut to this many bytes; 0 = whole
-	refusals  int // non-retryable refusals of this row so far
-
-	// Once the row goes in parts: the row decoded (fields, and the log
-	// lines not yet delivered), and the shape of the last part sent.
-	doc                    map[string]json.RawMessage
-	logLines               []string
+	pending  bool
+	rest     []byte
+	refusals int // non-retryable refusals of this row so far
+	// After a 413: at most lines log lines per request (0: the row goes
+	// whole), each cut to lineBytes (0: whole); and the last part's shape.
+	lines, lineBytes       int
 	partLines, partLongest int
 }
 
@@ -283,32 +279,31 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 	}
 	stopped := d.stopped != nil && d.stopped(u.taskID)
 	part, rest := u.payload, []byte(nil)
-	if q.hs.doc != nil {
-		if stopped {
-			delete(q.hs.doc, "task_status")
+	if q.hs.lines > 0 || stopped { // in parts, or without a status that would claim a task no longer ours
+		if doc, lines, ok := decodeUpdate(u.payload); ok {
+			if stopped {
+				delete(doc, "task_status")
+			}
+			part, rest, q.hs.partLines, q.hs.partLongest = splitParts(doc, lines, q.hs.lines, q.hs.lineBytes)
 		}
-		part, rest, q.hs.partLines, q.hs.partLongest = splitParts(q.hs.doc, q.hs.logLines, q.hs.lines, q.hs.lineBytes)
-	} else if stopped {
-		part = withoutStatus(part)
 	}
 	resp, err := d.send(sendCtx, u.taskID, part)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}
-	result, err := q.answered(u, resp, d, part, rest, stopped)
+	result, err := q.answered(u, resp, d, part, rest)
 	return false, result, err
 }
 
 // answered acts on the Manager's answer to the head row, or to its part
 // (rest: the row after it).
-func (q *queue) answered(u *queuedUpdate, resp *response, d deliverer, part, rest []byte, stopped bool) (outcome, error) {
+func (q *queue) answered(u *queuedUpdate, resp *response, d deliverer, part, rest []byte) (outcome, error) {
 	switch s := resp.status; {
 	case resp.ok() && rest != nil: // a part went out: the row becomes the rest
-		q.hs.logLines = q.hs.logLines[q.hs.partLines:]
 		q.hs.pending, q.hs.rest = true, rest
 		return q.settle()
 	case resp.ok():
-	case s == http.StatusRequestEntityTooLarge && q.shrink(u, part, stopped):
+	case s == http.StatusRequestEntityTooLarge && q.shrink(u, part):
 		return delivered, nil // at once, in smaller parts
 	case s == http.StatusBadRequest || s == http.StatusUnprocessableEntity:
 		return q.setHeadAside("refused as malformed: " + resp.String()) // e.g. read from a damaged page
@@ -377,20 +372,13 @@ func retryable(status int) bool {
 // half as many log lines, down to one; then the longest line (or the
 // activity) cut in half, down to minCutBytes. It reports false when
 // nothing is left to make smaller.
-func (q *queue) shrink(u *queuedUpdate, part []byte, stopped bool) bool {
-	if q.hs.doc == nil { // the whole row was refused: decode it, once
-		doc, lines, ok := decodeUpdate(u.payload)
+func (q *queue) shrink(u *queuedUpdate, part []byte) bool {
+	if q.hs.lines == 0 { // the whole row was refused: measure it
+		doc, lines, ok := decodeUpdate(part)
 		if !ok {
 			return false
 		}
-		if stopped {
-			delete(doc, "task_status")
-		}
-		q.hs.doc, q.hs.logLines = doc, lines
-		q.hs.partLines, q.hs.partLongest = len(lines), len(doc["activity"])
-		for _, l := range lines {
-			q.hs.partLongest = max(q.hs.partLongest, len(l))
-		}
+		_, _, q.hs.partLines, q.hs.partLongest = splitParts(doc, lines, 0, 0)
 	}
 	lines, longest := q.hs.partLines, q.hs.partLongest
 	q.logger.Warn("the Manager refused a task update as too large, sending it in smaller parts", "task_id", u.taskID, "bytes", len(part), "log_lines", lines)
@@ -403,24 +391,6 @@ func (q *queue) shrink(u *queuedUpdate, part []byte, stopped bool) bool {
 		return false
 	}
 	return true
-}
-
-// withoutStatus is a queued update without its task_status, for a task the
-// Manager told us to stop: its log lines and activity still go out, but a
-// stale "active" would claim a task that is no longer ours.
-func withoutStatus(payload []byte) []byte {
-	var doc map[string]json.RawMessage
-	if json.Unmarshal(payload, &doc) != nil {
-		return payload
-	}
-	if _, ok := doc["task_status"]; !ok {
-		return payload
-	}
-	delete(doc, "task_status")
-	if out, err := json.Marshal(doc); err == nil {
-		return out
-	}
-	return payload
 }
 
 // decodeUpdate splits a queued update into its log lines and its other

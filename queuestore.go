@@ -352,68 +352,38 @@ func errnoText(err error) string {
 	return err.Error()
 }
 
-// queuedRows is the range of row ids a walk covers: each bound read on its
-// own, as a damaged b-tree may hide one but not the others.
+// queuedRows is the range of row ids a walk covers, each bound read on its
+// own (a damaged b-tree may hide one but not the others); head and last are
+// the queue's, for when the file cannot tell.
 func queuedRows(db *sql.DB, head, last int64) (from, to int64) {
 	var lo, hi, seq sql.NullInt64
-	db.QueryRow(`SELECT min(id) FROM task_updates`).Scan(&lo)
+	loErr := db.QueryRow(`SELECT min(id) FROM task_updates`).Scan(&lo)
 	db.QueryRow(`SELECT max(id) FROM task_updates`).Scan(&hi)
 	db.QueryRow(`SELECT seq FROM sqlite_sequence WHERE name = 'task_updates'`).Scan(&seq)
-	from = 1
-	if lo.Valid {
-		from = lo.Int64
-	} else if head > 0 {
-		from = head
+	switch to = max(last, hi.Int64, seq.Int64); {
+	case lo.Valid:
+		return lo.Int64, to
+	case loErr == nil:
+		return 1, 0 // empty
 	}
-	return from, max(last, hi.Int64, seq.Int64)
+	return max(head, 1), to
 }
 
 // walkRows calls fn for every row id from..last of task_updates, in order:
 // with the row when it can be read, with the error when it cannot (u then
-// holds what could be read of it, or is nil). Past a damaged b-tree page,
-// where even the ids cannot be listed, it probes the ids one by one, so
-// fn may get an id that never existed.
+// holds what could be read of it, or is nil). It looks each id up, so past
+// a damaged b-tree page, where even the ids cannot be listed, fn may get an
+// id that never existed. (The rows are contiguous: only the head ever
+// leaves the table.)
 func walkRows(db *sql.DB, from, last int64, fn func(id int64, u *queuedUpdate, err error) error) error {
-	for next := from; next <= last; {
-		var id int64
-		err := db.QueryRow(`SELECT id FROM task_updates WHERE id >= ? ORDER BY id LIMIT 1`, next).Scan(&id)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return nil
-		case err == nil:
-			u, rerr := readRow(db, id)
-			if err := fn(id, u, rerr); err != nil {
+	for id := from; id <= last; id++ {
+		if u, err := readRow(db, id); !errors.Is(err, sql.ErrNoRows) {
+			if err := fn(id, u, err); err != nil {
 				return err
 			}
-			next = id + 1
-		case isDamaged(err):
-			for resume := resumeAfterDamage(db, next, last); next < resume; next++ {
-				if u, rerr := readRow(db, next); !errors.Is(rerr, sql.ErrNoRows) {
-					if err := fn(next, u, rerr); err != nil {
-						return err
-					}
-				}
-			}
-		default:
-			return err
 		}
 	}
 	return nil
-}
-
-// resumeAfterDamage finds, galloping, an id above from where the ids can be
-// listed again (or last+1).
-func resumeAfterDamage(db *sql.DB, from, last int64) int64 {
-	for step := int64(1); ; step *= 2 {
-		p := from + step
-		if p > last {
-			return last + 1
-		}
-		var id int64
-		if err := db.QueryRow(`SELECT id FROM task_updates WHERE id >= ? ORDER BY id LIMIT 1`, p).Scan(&id); !isDamaged(err) {
-			return p
-		}
-	}
 }
 
 // readRow reads one row; when its payload is unreadable it still tries to
