@@ -42,7 +42,7 @@ type queue struct {
 	compacted bool            // the file was shrunk since the queue last emptied
 	changed   chan struct{}   // closed and replaced whenever a row comes or goes
 	passes    chan chan error // flush's requests for a pass, to the running forwarder
-	fwdDone   chan struct{}   // closed once the forwarder has stopped
+	fwdDone   chan struct{}   // closed while no forwarder runs
 }
 
 // openQueue opens (creating if needed) the queue file, see openStore.
@@ -51,7 +51,8 @@ func openQueue(path string, logger *slog.Logger, retry backoff) (*queue, error) 
 	if err != nil {
 		return nil, err
 	}
-	q := &queue{st: st, logger: logger, changed: make(chan struct{}), retry: retry}
+	q := &queue{st: st, logger: logger, retry: retry, changed: make(chan struct{}), fwdDone: make(chan struct{})}
+	close(q.fwdDone)
 	if err := q.load(); err != nil {
 		st.close()
 		return nil, fmt.Errorf("opening queue %s: %w", st.path, err)
@@ -74,7 +75,6 @@ func (q *queue) start(ctx context.Context, in <-chan outgoing, d deliverer) (com
 	return commitDone, func() { close(stopFwd); <-fwdDone }, cut
 }
 
-// load counts the rows in the file.
 func (q *queue) load() error {
 	size, last, err := q.st.count()
 	if err == nil {
@@ -103,7 +103,6 @@ func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
 	return id, nil
 }
 
-// gone records that row id left the table.
 func (q *queue) gone(id int64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -112,14 +111,13 @@ func (q *queue) gone(id int64) {
 	q.notifyLocked()
 }
 
-// len is the number of undelivered updates.
+// len is the number of undelivered updates, lastID the newest ever enqueued.
 func (q *queue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.size
 }
 
-// lastID is the id of the newest update ever enqueued.
 func (q *queue) lastID() int64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -160,8 +158,7 @@ func (q *queue) compactOnce() {
 	}
 }
 
-// rebuild rebuilds the file (see store.rebuild) and recounts the queue.
-// Called with sendMu held, or before the queue is in use.
+// rebuild rebuilds the file (see store.rebuild). Called with sendMu held.
 func (q *queue) rebuild(why, what string) error {
 	q.mu.Lock()
 	head, last := q.head, q.last
@@ -219,7 +216,7 @@ func (q *queue) setAside(id int64, reason string) error {
 }
 
 // deliverer sends queued updates to the Manager and tells the rest of the
-// worker when the Manager refuses one for good.
+// worker when it refuses one for good.
 type deliverer struct {
 	send     func(ctx context.Context, taskID string, payload []byte) (*response, error)
 	rejected func(taskID string, status int) // the Manager will never take updates for this task
@@ -235,13 +232,8 @@ const (
 )
 
 const (
-	// maxRefusals is how many times a row may be refused with an answer
-	// that is neither a success nor retryable (e.g. a WAF's 403 for that
-	// one update) before it is set aside, so that the rows after it flow.
-	maxRefusals = 5
-	// minCutBytes is the shortest a log line or an activity is cut to when
-	// the Manager refuses even a one-line update as too large.
-	minCutBytes = 256
+	maxRefusals = 5   // refusals neither retryable nor final (a WAF's 403) before a row is set aside, so that the rows after it flow
+	minCutBytes = 256 // the shortest a log line or activity is cut to when even one line is too large
 )
 
 // headState is what the sender knows of the head row beyond the table.
@@ -438,8 +430,8 @@ func splitParts(doc map[string]json.RawMessage, lines []string, maxLines, lineBy
 }
 
 // encodeUpdate is the JSON object of doc's fields plus lines (each cut to
-// lineBytes unless 0) as its log; it also returns the longest line as cut.
-// (encoding/json: this runs only after a 413.)
+// lineBytes unless 0) as its log, and the longest line as cut. (The fast
+// appendJSONString is the reporter's: this runs only after a 413.)
 func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int) ([]byte, int) {
 	out, longest := map[string]json.RawMessage{}, 0
 	maps.Copy(out, doc)
@@ -470,8 +462,7 @@ func cutText(s string, n int) string {
 	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
 }
 
-// errStopping ends a pass that the forwarder could not finish because it
-// was told to stop.
+// errStopping ends a pass the forwarder was told to stop.
 var errStopping = errors.New("the update forwarder is stopping")
 
 // forward delivers rows as they come until stop is closed. While it runs
@@ -574,21 +565,18 @@ func (q *queue) flush(ctx context.Context, d deliverer) error {
 	passes, done := q.passes, q.fwdDone
 	q.mu.Unlock()
 	reply := make(chan error, 1)
-	if passes != nil {
+	select {
+	case passes <- reply:
 		select {
-		case passes <- reply:
-			select {
-			case err := <-reply:
-				return err
-			case <-ctx.Done():
-			}
-		case <-done: // stopped: send ourselves
-			return q.pass(nil, ctx, d)
+		case err := <-reply:
+			return err
 		case <-ctx.Done():
 		}
-		return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
+	case <-done:
+		return q.pass(nil, ctx, d)
+	case <-ctx.Done():
 	}
-	return q.pass(nil, ctx, d)
+	return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
 }
 
 // commit moves updates from the reporters into the queue, in order. If the

@@ -42,8 +42,8 @@ const (
 	sqliteCorrupt, sqliteCantOpen, sqliteNotADB = 11, 14, 26
 )
 
-// store is the queue's SQLite file. db is replaced (by rebuild) only with
-// mu held exclusively; every other use shares mu.
+// store is the queue's SQLite file. Only rebuild replaces db, with mu held
+// exclusively; every other use shares mu.
 type store struct {
 	path    string
 	logger  *slog.Logger
@@ -128,8 +128,7 @@ func (s *store) openDB() error {
 
 func (s *store) close() error { return s.db.Close() }
 
-// count is the number of rows and the newest id. (Unlocked: rebuild calls
-// it with mu held.)
+// count is the number of rows and the newest id. (Unlocked: for rebuild.)
 func (s *store) count() (size int, last int64, err error) {
 	var l sql.NullInt64
 	err = s.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &l)
@@ -181,22 +180,22 @@ func (s *store) remove(id int64) error {
 	return err
 }
 
-// rewrite replaces a row's payload (by the rest of an update sent in parts).
-func (s *store) rewrite(id int64, payload []byte) error {
+func (s *store) exec(query string, args ...any) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, err := s.db.Exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, payload, id)
+	_, err := s.db.Exec(query, args...)
 	return err
+}
+
+// rewrite replaces a row's payload (by the rest of an update sent in parts).
+func (s *store) rewrite(id int64, payload []byte) error {
+	return s.exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, payload, id)
 }
 
 // reclaim gives the WAL's space back to the file system: after a write
 // failed on a full disk, the frames of the failed transactions would
 // otherwise keep the space that was freed since.
-func (s *store) reclaim() {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	s.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
-}
+func (s *store) reclaim() { s.exec(`PRAGMA wal_checkpoint(TRUNCATE)`) }
 
 // shrink gives the space of delivered rows back and applies queuePageSize
 // to a file made with other pages. The queue calls it when it is empty.
@@ -227,11 +226,10 @@ func (s *store) shrink() {
 }
 
 func fileSize(path string) int64 {
-	info, err := os.Stat(path)
-	if err != nil {
-		return 0
+	if info, err := os.Stat(path); err == nil {
+		return info.Size()
 	}
-	return info.Size()
+	return 0
 }
 
 // setAside moves row id into task_updates_aside, in one transaction.
@@ -400,12 +398,14 @@ func readRow(db *sql.DB, id int64) (*queuedUpdate, error) {
 	return u, err
 }
 
-// unreadable is a run of consecutive row ids that could not be read.
+// unreadable is a run of consecutive row ids that could not be read, or
+// one row whose payload is not JSON (kept, for inspection).
 type unreadable struct {
 	from, to int64
 	taskID   string
+	payload  []byte
 	err      error
-	stored   bool // its payload is in task_updates_aside already
+	notJSON  bool
 }
 
 func (r unreadable) String() string {
@@ -413,6 +413,16 @@ func (r unreadable) String() string {
 		return fmt.Sprintf("row %d", r.from)
 	}
 	return fmt.Sprintf("rows %d to %d", r.from, r.to)
+}
+
+func (r unreadable) reason() string {
+	switch {
+	case r.notJSON:
+		return "unreadable: payload is not valid JSON (a damaged page?)"
+	case r.from != r.to:
+		return fmt.Sprintf("unreadable (%v): %s; ids on a damaged page, some may have been delivered before", r.err, r)
+	}
+	return fmt.Sprintf("unreadable (%v): %s", r.err, r)
 }
 
 // rebuild replaces the file by a fresh one holding every row that can still
@@ -462,10 +472,7 @@ func (s *store) rebuild(why, what string, head, last int64) (size int, newLast i
 // path, when nothing else is there: it holds the rows carried over.
 func adoptRebuilt(path string, logger *slog.Logger) {
 	tmp := path + ".rebuild"
-	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	if _, err := os.Stat(tmp); err != nil {
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) || fileSize(tmp) == 0 {
 		return
 	}
 	os.Rename(tmp+"-journal", path+"-journal") // an unfinished copy is rolled back at open
@@ -519,46 +526,32 @@ func (s *store) copyInto(tmp string, head, last int64) ([]unreadable, error) {
 // set-aside table.
 func copyRows(src *sql.DB, tx *sql.Tx, from, last int64) ([]unreadable, error) {
 	var lost []unreadable
-	aside := func(id int64, taskID string, payload []byte, reason string) error {
-		_, err := tx.Exec(`INSERT OR REPLACE INTO task_updates_aside (id, task_id, payload, reason, set_aside_at) VALUES (?, ?, ?, ?, ?)`,
-			id, taskID, payload, reason, asideTime())
-		return err
-	}
 	err := walkRows(src, from, last, func(id int64, u *queuedUpdate, rerr error) error {
-		switch {
-		case rerr == nil && json.Valid(u.payload):
+		if rerr == nil && json.Valid(u.payload) {
 			_, err := tx.Exec(`INSERT INTO task_updates (id, task_id, payload) VALUES (?, ?, ?)`, id, u.taskID, u.payload)
 			return err
-		case rerr == nil:
-			lost = append(lost, unreadable{id, id, u.taskID, errors.New("payload is not valid JSON"), true})
-			return aside(id, u.taskID, u.payload, "unreadable: payload is not valid JSON (a damaged page?)")
 		}
-		taskID := ""
+		r := unreadable{from: id, to: id, err: rerr, notJSON: rerr == nil}
 		if u != nil {
-			taskID = u.taskID
+			r.taskID, r.payload = u.taskID, u.payload
 		}
-		if n := len(lost); n > 0 && lost[n-1].to == id-1 && lost[n-1].taskID == taskID && taskID == "" {
+		if r.notJSON {
+			r.err = errors.New("payload is not valid JSON")
+		}
+		if n := len(lost); n > 0 && !r.notJSON && r.taskID == "" && !lost[n-1].notJSON && lost[n-1].taskID == "" && lost[n-1].to == id-1 {
 			lost[n-1].to = id // one entry per run of ids lost on a damaged page
 		} else {
-			lost = append(lost, unreadable{id, id, taskID, rerr, false})
+			lost = append(lost, r)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
 	for _, r := range lost {
-		reason := fmt.Sprintf("unreadable (%v): %s", r.err, r)
-		if r.from != r.to {
-			reason += "; ids on a damaged page, some may have been delivered before"
-		}
-		if !r.stored {
-			if err := aside(r.from, r.taskID, nil, reason); err != nil {
-				return nil, err
-			}
+		if err == nil {
+			_, err = tx.Exec(`INSERT OR REPLACE INTO task_updates_aside (id, task_id, payload, reason, set_aside_at) VALUES (?, ?, ?, ?, ?)`,
+				r.from, r.taskID, r.payload, r.reason(), asideTime())
 		}
 	}
-	return lost, nil
+	return lost, err
 }
 
 // copyAside carries the set-aside rows over, as far as they can be read.
