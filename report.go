@@ -145,7 +145,7 @@ func (r *reporter) endLineLocked(t time.Time) {
 	case t.Sub(r.lastLog) > r.logInterval:
 		r.pushLocked()
 	case r.logTimer == nil:
-		r.logTimer = time.AfterFunc(r.logInterval, r.delayedPush)
+		r.logTimer = time.AfterFunc(r.logInterval, r.flush)
 	}
 }
 
@@ -233,7 +233,7 @@ func (r *reporter) change(fn func(*taskUpdate), status string) {
 	case time.Since(r.lastAct) > r.actInterval:
 		r.pushLocked()
 	case r.actTimer == nil:
-		r.actTimer = time.AfterFunc(r.actInterval, r.delayedPush)
+		r.actTimer = time.AfterFunc(r.actInterval, r.flush)
 	}
 }
 
@@ -245,15 +245,7 @@ func (r *reporter) silence() {
 	r.silent = true
 }
 
-func (r *reporter) delayedPush() {
-	r.mu.Lock()
-	defer r.unlock() // hands built updates on, unlocked
-	if !r.closed {
-		r.pushLocked()
-	}
-}
-
-// flush pushes whatever is pending.
+// flush pushes whatever is pending; the batching timers call it too.
 func (r *reporter) flush() {
 	r.mu.Lock()
 	defer r.unlock() // hands built updates on, unlocked
