@@ -140,9 +140,7 @@ func (r *reporter) endLineLocked(t time.Time) {
 	r.logBuf = append(r.logBuf, '\n')
 	r.logLines++
 	switch {
-	case r.logLines >= r.logMax: // never more than push_log_max_entries lines in one update
-		r.pushLocked()
-	case t.Sub(r.lastLog) > r.logInterval:
+	case r.logLines >= r.logMax || t.Sub(r.lastLog) > r.logInterval: // never more than push_log_max_entries lines in one update
 		r.pushLocked()
 	case r.logTimer == nil:
 		r.logTimer = time.AfterFunc(r.logInterval, r.flush)
