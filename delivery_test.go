@@ -196,7 +196,7 @@ func TestDeleteFailureDoesNotResend(t *testing.T) {
 	t.Parallel()
 	q, fm, d := deliveryRig(t)
 	// What a full disk does to a DELETE, without filling one.
-	if _, err := q.db.Exec(`CREATE TRIGGER full_disk BEFORE DELETE ON task_updates BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END`); err != nil {
+	if _, err := q.st.db.Exec(`CREATE TRIGGER full_disk BEFORE DELETE ON task_updates BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END`); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
@@ -211,7 +211,7 @@ func TestDeleteFailureDoesNotResend(t *testing.T) {
 	if sends != 1 {
 		t.Errorf("the delivered update was sent %d times while its delete failed, want once", sends)
 	}
-	if _, err := q.db.Exec(`DROP TRIGGER full_disk`); err != nil {
+	if _, err := q.st.db.Exec(`DROP TRIGGER full_disk`); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the queue to drain", func() bool { return q.len() == 0 })
@@ -287,7 +287,7 @@ func TestRefusedUpdateIsSetAside(t *testing.T) {
 		t.Errorf("later task's statuses = %q, want completed", got)
 	}
 	var reason string
-	if err := q.db.QueryRow(`SELECT reason FROM task_updates_aside WHERE task_id = ?`, blocked).Scan(&reason); err != nil || !strings.Contains(reason, "403") {
+	if err := q.st.db.QueryRow(`SELECT reason FROM task_updates_aside WHERE task_id = ?`, blocked).Scan(&reason); err != nil || !strings.Contains(reason, "403") {
 		t.Errorf("set-aside row: reason %q, err %v", reason, err)
 	}
 	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {

@@ -212,22 +212,12 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	notifier := newOutputNotifier(func(ctx context.Context, p string) error { return w.mgr.outputProduced(ctx, p) }, w.cfg.Tuning.outputWindow, w.logger)
 	w.env.output = notifier.notify
 
-	// The forwarder stops between sends (stopFwd); only the hard deadline
-	// of the shutdown cuts a send in flight (cutSends).
-	stopFwd := make(chan struct{})
-	sendCtx, cutSends := context.WithCancel(context.Background())
+	committed, stopForwarding, cutSends := w.q.start(ctx, w.out, w.deliverer()) // the committer ends when out is closed, below
 	defer cutSends()
-	var fwd, bg sync.WaitGroup
-	fwd.Go(func() { w.q.forward(stopFwd, sendCtx, w.deliverer()) }) // ends when stopFwd is closed
-	stopForwarding := func() { close(stopFwd); fwd.Wait() }
+	var bg sync.WaitGroup
 	bg.Go(func() { notifier.run(ctx) })                        // ends with ctx
 	bg.Go(func() { w.pingWhileAlive(ctx, watchdogTimeout()) }) // ends with ctx
 	bg.Go(func() { w.reportStatus(ctx, time.Second) })         // ends with ctx
-	commitDone := make(chan struct{})
-	go func() { // ends when out is closed, below
-		defer close(commitDone)
-		w.q.commit(ctx, w.out)
-	}()
 
 	w.loop(ctx)
 	sdNotify("STOPPING=1\nSTATUS=shutting down: flushing the queue, signing off")
@@ -235,7 +225,7 @@ func (w *worker) serve(ctx context.Context, stop context.CancelFunc, opts *optio
 	w.setState(stateShutdown)
 	stop()
 	close(w.out)
-	<-commitDone
+	<-committed
 	bg.Wait()
 	w.shutdown(deadline, stopForwarding, cutSends)
 	return exitOK

@@ -2,102 +2,122 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
-	"path/filepath"
+	"strings"
 	"sync"
 	"time"
-
-	_ "modernc.org/sqlite" // the pure-Go SQLite driver, so the binary stays static
+	"unicode/utf8"
 )
 
-// The queue's own table. The Python worker's fworker_queue (pickles) in the
-// same file is left alone.
-const queueSchema = `CREATE TABLE IF NOT EXISTS task_updates (
-	id      INTEGER PRIMARY KEY AUTOINCREMENT,
-	task_id TEXT NOT NULL,
-	payload TEXT NOT NULL
-)`
+// outgoing is one update on its way to the queue. A nil payload is a
+// marker: done is closed once everything sent before it is committed.
+type outgoing struct {
+	taskID  string
+	payload []byte
+	done    chan struct{}
+}
 
 // queue is the durable task-update queue: every update is committed to
 // SQLite before anything else happens to it, and a forwarding goroutine
 // delivers the rows to the Manager in order.
 type queue struct {
-	db     *sql.DB
+	st     *store // the SQLite file (queuestore.go)
 	logger *slog.Logger
+	retry  backoff   // the forwarder's retry delays (update_backoff_min/max_seconds)
+	live   *liveness // the forwarder's heartbeats, for the watchdog (systemd.go)
 
 	sendMu sync.Mutex // held by the one sender of the head row, so rows go out once and in order
+	hs     headState  // the head row as the sender knows it; under sendMu
 
-	mu      sync.Mutex
-	size    int             // rows in the table
-	last    int64           // id of the newest row ever enqueued
-	head    int64           // id of the oldest undelivered row; 0 when unknown
-	changed chan struct{}   // closed and replaced whenever a row comes or goes
-	hs      headState       // the head row as the sender knows it; under sendMu
-	passes  chan chan error // flush's requests for a pass, to the running forwarder
-	fwdDone chan struct{}   // closed once the forwarder has stopped
-
-	retry backoff // retry delays of the forwarder (update_backoff_min/max_seconds)
-
-	st queueStore // the SQLite file itself (queuestore.go)
-
-	live *liveness // the forwarder's heartbeats, for the watchdog (systemd.go)
+	mu        sync.Mutex
+	size      int             // rows in the table
+	last      int64           // id of the newest row ever enqueued
+	head      int64           // id of the oldest undelivered row; 0 when unknown
+	compacted bool            // the file was shrunk since the queue last emptied
+	changed   chan struct{}   // closed and replaced whenever a row comes or goes
+	passes    chan chan error // flush's requests for a pass, to the running forwarder
+	fwdDone   chan struct{}   // closed while no forwarder runs
 }
 
-// openQueue opens (creating if needed) the queue database, see open; retry
-// is the forwarder's backoff.
+// openQueue opens (creating if needed) the queue file, see openStore.
 func openQueue(path string, logger *slog.Logger, retry backoff) (*queue, error) {
-	q := &queue{logger: logger, changed: make(chan struct{}), retry: retry}
-	q.st.path = path
-	if abs, err := filepath.Abs(path); err == nil {
-		q.st.path = abs // log lines name the file fully
-	}
-	if err := q.open(); err != nil {
+	st, err := openStore(path, logger)
+	if err != nil {
 		return nil, err
 	}
+	q := &queue{st: st, logger: logger, retry: retry, changed: make(chan struct{}), fwdDone: make(chan struct{})}
+	close(q.fwdDone)
+	if err := q.load(); err != nil {
+		st.close()
+		return nil, fmt.Errorf("opening queue %s: %w", st.path, err)
+	}
+	q.compactOnce()
 	return q, nil
 }
 
-func (q *queue) close() error { return q.db.Close() }
+func (q *queue) close() error { return q.st.close() }
+
+// start runs the committer until in is closed (committed is closed then),
+// and the forwarder. stop ends the forwarder between sends and waits for
+// it; only cut, the hard shutdown deadline, ends a send in flight (the
+// Manager may have taken it already, and it would go out twice).
+func (q *queue) start(ctx context.Context, in <-chan outgoing, d deliverer) (committed <-chan struct{}, stop, cut func()) {
+	stopFwd, fwdDone, commitDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	sendCtx, cut := context.WithCancel(context.Background())
+	go func() { defer close(fwdDone); q.forward(stopFwd, sendCtx, d) }() // ends when stopFwd is closed
+	go func() { defer close(commitDone); q.commit(ctx, in) }()           // ends when in is closed
+	return commitDone, func() { close(stopFwd); <-fwdDone }, cut
+}
+
+func (q *queue) load() error {
+	size, last, err := q.st.count()
+	if err == nil {
+		q.reset(size, last)
+	}
+	return err
+}
+
+func (q *queue) reset(size int, last int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.size, q.last, q.head, q.compacted = size, max(q.last, last), 0, false
+	q.notifyLocked()
+}
 
 // enqueue commits one update and returns its row id.
 func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
-	id, err := q.insert(taskID, payload)
+	id, err := q.st.insert(taskID, payload)
 	if err != nil {
 		return 0, fmt.Errorf("queueing task update: %w", err)
 	}
 	q.mu.Lock()
-	q.size++
-	q.last = id
-	q.st.compacted = false
+	defer q.mu.Unlock()
+	q.size, q.last, q.compacted = q.size+1, id, false
 	q.notifyLocked()
-	q.mu.Unlock()
 	return id, nil
 }
 
-func (q *queue) insert(taskID string, payload []byte) (int64, error) {
-	q.st.dbMu.RLock()
-	defer q.st.dbMu.RUnlock()
-	res, err := q.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, payload)
-	if err != nil {
-		return 0, err
-	}
-	return res.LastInsertId()
+func (q *queue) gone(id int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.size--
+	q.head = max(q.head, id+1)
+	q.notifyLocked()
 }
 
-// len is the number of undelivered updates.
+// len is the number of undelivered updates, lastID the newest ever enqueued.
 func (q *queue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.size
 }
 
-// lastID is the id of the newest update ever enqueued.
 func (q *queue) lastID() int64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -127,75 +147,76 @@ func (q *queue) waitDelivered(ctx context.Context, id int64) error {
 	}
 }
 
-// queuedUpdate is one row of the queue.
-type queuedUpdate struct {
-	id      int64
-	taskID  string
-	payload []byte
+// compactOnce shrinks the file once per emptying of the queue.
+func (q *queue) compactOnce() {
+	q.mu.Lock()
+	due := q.size == 0 && !q.compacted
+	q.compacted = q.compacted || due
+	q.mu.Unlock()
+	if due {
+		q.st.shrink()
+	}
+}
+
+// rebuild rebuilds the file (see store.rebuild). Called with sendMu held.
+func (q *queue) rebuild(why, what string) error {
+	q.mu.Lock()
+	head, last := q.head, q.last
+	q.mu.Unlock()
+	size, last, err := q.st.rebuild(why, what, head, last)
+	if size >= 0 {
+		q.reset(size, last)
+	}
+	return err
 }
 
 // peek returns the oldest row, or nil when the queue is empty. A row that
 // cannot be read is set aside (the file is rebuilt without it), so that the
-// rows behind it are delivered. Called with sendMu held.
+// rows behind it are delivered; a file deleted or replaced is recreated
+// with the rows still queued. Called with sendMu held.
 func (q *queue) peek() (*queuedUpdate, error) {
-	q.watchFile()
-	rebuilt := false
-	for {
-		u, err := q.readHead()
+	if how := q.st.moved(); how != "" {
+		q.logger.Error("the task update queue file was "+how+" while the worker ran: recreating it with the updates still queued", "queue", q.st.path)
+		if err := q.rebuild("the queue file was "+how, "replaced"); err != nil {
+			q.logger.Error("cannot recreate the task update queue file; updates stay in the "+how+" file until the worker stops", "queue", q.st.path, "err", err)
+		}
+	}
+	for rebuilt := false; ; rebuilt = true {
+		u, err := q.st.head()
 		switch {
 		case err == nil && u == nil:
 			q.compactOnce()
 			return nil, nil
 		case err == nil:
-			// Not checked as JSON here (that pass over every payload cost
-			// 0.9 CPU-s per million lines): garbage from a damaged page that
-			// SQLite did not notice is refused 400 by the Manager and set aside.
+			// Not checked as JSON (that cost 0.9 CPU-s per million lines):
+			// the Manager refuses garbage from a damaged page 400, and it is set aside.
 			q.mu.Lock()
 			q.head = u.id
 			q.mu.Unlock()
 			return u, nil
+		case isDamaged(err) && !rebuilt:
+			err = q.rebuild("a row cannot be read: "+err.Error(), "corrupt")
 		}
-		if !isDamaged(err) || rebuilt {
+		if err != nil {
 			return nil, fmt.Errorf("reading task update queue: %w", err)
 		}
-		if err := q.rebuild("a row cannot be read: "+err.Error(), "corrupt"); err != nil {
-			return nil, fmt.Errorf("reading task update queue: %w", err)
-		}
-		rebuilt = true
 	}
 }
 
-// remove deletes a delivered row. Inserts wait for the disk
-// (synchronous=FULL); a delete does not need to: if a power cut loses it,
-// the update is sent again, which at-least-once delivery allows anyway.
-// This halves the fsyncs of a chatty task.
-func (q *queue) remove(id int64) error {
-	ctx := context.Background()
-	conn, err := q.db.Conn(ctx) // the only connection: no insert can slip in between
+// setAside moves row id into task_updates_aside and logs it once.
+func (q *queue) setAside(id int64, reason string) error {
+	taskID, err := q.st.setAside(id, reason)
 	if err != nil {
-		return fmt.Errorf("removing delivered task update: %w", err)
+		return fmt.Errorf("setting a task update aside: %w", err)
 	}
-	defer conn.Close()
-	_, err = conn.ExecContext(ctx, `PRAGMA synchronous=NORMAL`)
-	if err == nil {
-		_, err = conn.ExecContext(ctx, `DELETE FROM task_updates WHERE id = ?`, id)
-	}
-	if _, perr := conn.ExecContext(ctx, `PRAGMA synchronous=FULL`); err == nil {
-		err = perr
-	}
-	if err != nil {
-		return fmt.Errorf("removing delivered task update: %w", err)
-	}
-	q.mu.Lock()
-	q.size--
-	q.head = id + 1
-	q.notifyLocked()
-	q.mu.Unlock()
+	q.logger.Error("task update set aside: it will not be delivered; it is kept in table task_updates_aside",
+		"task_id", taskID, "reason", reason, "row", id, "queue", q.st.path)
+	q.gone(id)
 	return nil
 }
 
 // deliverer sends queued updates to the Manager and tells the rest of the
-// worker when the Manager refuses one for good.
+// worker when it refuses one for good.
 type deliverer struct {
 	send     func(ctx context.Context, taskID string, payload []byte) (*response, error)
 	rejected func(taskID string, status int) // the Manager will never take updates for this task
@@ -210,34 +231,25 @@ const (
 	retryLater                // network error, timeout, 5xx, a refusal still counted, a failed write: try again after a backoff
 )
 
-// maxRefusals is how many times a row may be refused with an answer that
-// is neither a success nor retryable (e.g. a WAF's 403 for that one
-// update) before it is set aside, so that the rows after it flow.
-const maxRefusals = 5
-
-// minCutBytes is the shortest a log line or an activity is cut to when the
-// Manager refuses even a one-line update as too large.
-const minCutBytes = 256
+const (
+	maxRefusals = 5   // refusals neither retryable nor final (a WAF's 403) before a row is set aside, so that the rows after it flow
+	minCutBytes = 256 // the shortest a log line or activity is cut to when even one line is too large
+)
 
 // headState is what the sender knows of the head row beyond the table.
 type headState struct {
 	id int64
-	// pending is a write that must reach the table before anything more
-	// is sent: the head was delivered but its delete failed (rest nil), or
-	// a part of it was delivered and the row must become the rest. It is
-	// retried with the forwarder's backoff; the row is never sent again.
-	pending   bool
-	rest      []byte
-	lines     int // after a 413: at most this many log lines per request; 0 = all
-	lineBytes int // after a 413 on one line: lines cut to this many bytes; 0 = whole
-	refusals  int // non-retryable refusals of this row so far
-
-	// Once the row goes in parts: the row decoded (fields, and the log
-	// lines not yet delivered), and the shape of the last part sent.
-	doc         map[string]json.RawMessage
-	logLines    []string
-	partLines   int
-	partLongest int
+	// pending is a write that must reach the table before anything more is
+	// sent: the delete of the delivered head (rest nil), or its rewrite to
+	// rest once a part of it was delivered. Retried with the forwarder's
+	// backoff; the row is never sent again.
+	pending  bool
+	rest     []byte
+	refusals int // non-retryable refusals of this row so far
+	// After a 413: at most lines log lines per request (0: the row goes
+	// whole), each cut to lineBytes (0: whole); and the last part's shape.
+	lines, lineBytes       int
+	partLines, partLongest int
 }
 
 // deliverOne sends the oldest row, if any, under sendCtx. It reports
@@ -246,9 +258,8 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
 	if q.hs.pending {
-		if err := q.applyPending(); err != nil {
-			q.reclaim()
-			return false, retryLater, err
+		if result, err := q.settle(); err != nil {
+			return false, result, err
 		}
 	}
 	u, err := q.peek()
@@ -260,61 +271,82 @@ func (q *queue) deliverOne(sendCtx context.Context, d deliverer) (empty bool, _ 
 	}
 	stopped := d.stopped != nil && d.stopped(u.taskID)
 	part, rest := u.payload, []byte(nil)
-	if q.hs.doc != nil {
-		if stopped {
-			delete(q.hs.doc, "task_status")
+	if q.hs.lines > 0 || stopped { // in parts, or without a status that would claim a task no longer ours
+		if doc, lines, ok := decodeUpdate(u.payload); ok {
+			if stopped {
+				delete(doc, "task_status")
+			}
+			part, rest, q.hs.partLines, q.hs.partLongest = splitParts(doc, lines, q.hs.lines, q.hs.lineBytes)
 		}
-		part, rest, q.hs.partLines, q.hs.partLongest = splitParts(q.hs.doc, q.hs.logLines, q.hs.lines, q.hs.lineBytes)
-	} else if stopped {
-		part = withoutStatus(part)
 	}
 	resp, err := d.send(sendCtx, u.taskID, part)
 	if err != nil {
 		return false, retryLater, fmt.Errorf("sending task update: %w", err)
 	}
-	switch {
+	result, err := q.answered(u, resp, d, part, rest)
+	return false, result, err
+}
+
+// answered acts on the Manager's answer to the head row, or to its part
+// (rest: the row after it).
+func (q *queue) answered(u *queuedUpdate, resp *response, d deliverer, part, rest []byte) (outcome, error) {
+	switch s := resp.status; {
+	case resp.ok() && rest != nil: // a part went out: the row becomes the rest
+		q.hs.pending, q.hs.rest = true, rest
+		return q.settle()
 	case resp.ok():
-		if rest != nil { // a part went out: the row becomes the rest
-			q.hs.logLines = q.hs.logLines[q.hs.partLines:]
-			q.hs.pending, q.hs.rest = true, rest
-			return q.settle()
-		}
-	case resp.status == http.StatusRequestEntityTooLarge:
-		if q.shrink(u, part, stopped) {
-			return false, delivered, nil // at once, in smaller parts
-		}
-		return q.refused(u, resp)
-	case resp.status == http.StatusBadRequest || resp.status == http.StatusUnprocessableEntity:
-		// The update itself is malformed (e.g. read from a damaged page):
-		// kept aside for inspection, and the queue moves on.
-		if err := q.setAside(u.id, "refused as malformed: "+resp.String()); err != nil {
-			return false, retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
-		}
-		q.hs = headState{}
-		return false, delivered, nil
-	case resp.status == http.StatusNotFound || resp.status == http.StatusConflict:
+	case s == http.StatusRequestEntityTooLarge && q.shrink(u, part):
+		return delivered, nil // at once, in smaller parts
+	case s == http.StatusBadRequest || s == http.StatusUnprocessableEntity:
+		return q.setHeadAside("refused as malformed: " + resp.String()) // e.g. read from a damaged page
+	case s == http.StatusNotFound || s == http.StatusConflict:
 		q.logger.Error("Manager refused a task update for good, discarding it", "task_id", u.taskID, "response", resp.String())
 		if d.rejected != nil {
-			d.rejected(u.taskID, resp.status)
+			d.rejected(u.taskID, s)
 		}
-	case retryable(resp.status):
-		return false, retryLater, fmt.Errorf("the Manager did not accept a task update: %s", resp)
-	default:
-		return q.refused(u, resp)
+	case retryable(s):
+		return retryLater, fmt.Errorf("the Manager did not accept a task update: %s", resp)
+	default: // a 403 from a WAF, a 405, a 413 that no split helps
+		if q.hs.refusals++; q.hs.refusals < maxRefusals {
+			return retryLater, fmt.Errorf("the Manager refused a task update (attempt %d of %d): %s", q.hs.refusals, maxRefusals, resp)
+		}
+		return q.setHeadAside(fmt.Sprintf("refused %d times: %s", q.hs.refusals, resp))
 	}
 	q.hs.pending, q.hs.rest = true, nil
 	return q.settle()
 }
 
-// settle writes the pending change of a row just delivered; if the
-// database refuses (a full disk), the row stays pending, is not sent
-// again, and the write is retried after a backoff.
-func (q *queue) settle() (bool, outcome, error) {
-	if err := q.applyPending(); err != nil {
-		q.reclaim()
-		return false, retryLater, err
+func (q *queue) setHeadAside(reason string) (outcome, error) {
+	if err := q.setAside(q.hs.id, reason); err != nil {
+		return retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
 	}
-	return false, delivered, nil
+	q.hs = headState{}
+	return delivered, nil
+}
+
+// settle writes the head row's pending change: its delete, or its rewrite
+// to the rest (one UPDATE, so a crash re-sends at most the part). If the
+// database refuses (a full disk), the row stays pending and is not sent
+// again; the write is retried after a backoff.
+func (q *queue) settle() (outcome, error) {
+	var err error
+	if q.hs.rest == nil {
+		if err = q.st.remove(q.hs.id); err == nil {
+			q.gone(q.hs.id)
+			q.hs = headState{}
+		} else {
+			err = fmt.Errorf("removing delivered task update: %w", err)
+		}
+	} else if err = q.st.rewrite(q.hs.id, q.hs.rest); err == nil {
+		q.hs.pending, q.hs.rest = false, nil
+	} else {
+		err = fmt.Errorf("storing the rest of a task update sent in parts: %w", err)
+	}
+	if err != nil {
+		q.st.reclaim()
+		return retryLater, err
+	}
+	return delivered, nil
 }
 
 // retryable reports whether an answer to an update may change by itself:
@@ -328,95 +360,123 @@ func retryable(status int) bool {
 	return status < 400 || status >= 500
 }
 
-// refused counts a non-retryable refusal of the head row (a 403 from a
-// WAF, a 405, a 413 that no split helps) and sets the row aside after
-// maxRefusals, so that it no longer holds up the queue.
-func (q *queue) refused(u *queuedUpdate, resp *response) (bool, outcome, error) {
-	q.hs.refusals++
-	if q.hs.refusals < maxRefusals {
-		return false, retryLater, fmt.Errorf("the Manager refused a task update (attempt %d of %d): %s", q.hs.refusals, maxRefusals, resp)
-	}
-	reason := fmt.Sprintf("refused %d times: %s", q.hs.refusals, resp)
-	if err := q.setAside(u.id, reason); err != nil {
-		return false, retryLater, fmt.Errorf("setting a refused task update aside: %w", err)
-	}
-	q.hs = headState{}
-	return false, delivered, nil
-}
-
 // shrink makes the next request for the head row smaller after a 413:
 // half as many log lines, down to one; then the longest line (or the
 // activity) cut in half, down to minCutBytes. It reports false when
 // nothing is left to make smaller.
-func (q *queue) shrink(u *queuedUpdate, part []byte, stopped bool) bool {
-	if q.hs.doc == nil { // the whole row was refused: decode it, once
-		doc, lines, ok := decodeUpdate(u.payload)
+func (q *queue) shrink(u *queuedUpdate, part []byte) bool {
+	if q.hs.lines == 0 { // the whole row was refused: measure it
+		doc, lines, ok := decodeUpdate(part)
 		if !ok {
 			return false
 		}
-		if stopped {
-			delete(doc, "task_status")
-		}
-		q.hs.doc, q.hs.logLines = doc, lines
-		q.hs.partLines, q.hs.partLongest = len(lines), len(doc["activity"])
-		for _, l := range lines {
-			q.hs.partLongest = max(q.hs.partLongest, len(l))
-		}
+		_, _, q.hs.partLines, q.hs.partLongest = splitParts(doc, lines, 0, 0)
 	}
 	lines, longest := q.hs.partLines, q.hs.partLongest
 	q.logger.Warn("the Manager refused a task update as too large, sending it in smaller parts", "task_id", u.taskID, "bytes", len(part), "log_lines", lines)
-	switch {
+	switch next := max(longest/2, minCutBytes); {
 	case lines > 1:
 		q.hs.lines = lines / 2
-		return true
-	case longest > minCutBytes:
-		next := max(longest/2, minCutBytes)
-		if q.hs.lineBytes != 0 && next >= q.hs.lineBytes {
-			return false
-		}
+	case longest > minCutBytes && (q.hs.lineBytes == 0 || next < q.hs.lineBytes):
 		q.hs.lines, q.hs.lineBytes = max(lines, 1), next
-		return true
+	default:
+		return false
 	}
-	return false
+	return true
 }
 
-// applyPending writes the head row's pending change: its delete, or its
-// rewrite to the rest once a part of it was delivered (one UPDATE, so a
-// crash re-sends at most that part).
-func (q *queue) applyPending() error {
-	if q.hs.rest == nil {
-		if err := q.remove(q.hs.id); err != nil {
-			return err
+// decodeUpdate splits a queued update into its log lines and its other
+// fields, so that it can be sent in parts.
+func decodeUpdate(payload []byte) (doc map[string]json.RawMessage, lines []string, ok bool) {
+	if json.Unmarshal(payload, &doc) != nil || doc == nil {
+		return nil, nil, false
+	}
+	var text string
+	json.Unmarshal(doc["log"], &text)
+	if text != "" {
+		lines = strings.Split(text, "\n")
+	}
+	delete(doc, "log")
+	return doc, lines, true
+}
+
+// splitParts is the next part of an update refused as too large: at most
+// maxLines of its log lines (0: all), each, like the activity, cut to
+// lineBytes (0: whole). Activity, progress, status and metrics go with the
+// last part only, so that they arrive once every line before them has;
+// rest is the update after the part, nil when part is the last one. n is
+// the number of lines in part, longest its longest line (or activity) as
+// sent.
+func splitParts(doc map[string]json.RawMessage, lines []string, maxLines, lineBytes int) (part, rest []byte, n, longest int) {
+	if n = len(lines); maxLines > 0 {
+		n = min(n, maxLines)
+	}
+	if n < len(lines) {
+		part, longest = encodeUpdate(nil, lines[:n], lineBytes)
+		rest, _ = encodeUpdate(doc, lines[n:], 0)
+		return part, rest, n, longest
+	}
+	if raw, ok := doc["activity"]; ok && lineBytes > 0 {
+		var act string
+		json.Unmarshal(raw, &act)
+		doc = maps.Clone(doc)
+		doc["activity"], _ = json.Marshal(cutText(act, lineBytes))
+	}
+	part, longest = encodeUpdate(doc, lines, lineBytes)
+	if raw, ok := doc["activity"]; ok {
+		longest = max(longest, len(raw)-2)
+	}
+	return part, nil, n, longest
+}
+
+// encodeUpdate is the JSON object of doc's fields plus lines (each cut to
+// lineBytes unless 0) as its log, and the longest line as cut. (The fast
+// appendJSONString is the reporter's: this runs only after a 413.)
+func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int) ([]byte, int) {
+	out, longest := map[string]json.RawMessage{}, 0
+	maps.Copy(out, doc)
+	if len(lines) > 0 {
+		cut := make([]string, len(lines))
+		for i, l := range lines {
+			if lineBytes > 0 {
+				l = cutText(l, lineBytes)
+			}
+			cut[i], longest = l, max(longest, len(l))
 		}
-		q.hs = headState{}
-		return nil
+		out["log"], _ = json.Marshal(strings.Join(cut, "\n"))
 	}
-	if _, err := q.db.Exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, q.hs.rest, q.hs.id); err != nil {
-		return fmt.Errorf("storing the rest of a task update sent in parts: %w", err)
-	}
-	q.hs.pending, q.hs.rest = false, nil
-	return nil
+	b, _ := json.Marshal(out)
+	return b, longest
 }
 
-// errStopping ends a pass that the forwarder could not finish because it
-// was told to stop.
+// cutText cuts s, valid UTF-8, to about n bytes, with a marker saying how
+// much went.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
+}
+
+// errStopping ends a pass the forwarder was told to stop.
 var errStopping = errors.New("the update forwarder is stopping")
 
 // forward delivers rows as they come until stop is closed. While it runs
 // it is the only goroutine that sends: flush asks it for a pass. Sends run
-// under sendCtx, which only the hard shutdown deadline cancels: closing
-// stop never cuts a send in flight (the Manager may already have taken
-// it, and the update would go out twice), the forwarder stops between
-// sends. Failures back off exponentially with jitter, up to maxBackoff;
-// nothing is dropped for being old.
+// under sendCtx, which closing stop never cuts (see start): the forwarder
+// stops between sends. Failures back off exponentially with jitter, up to
+// q.retry.max; nothing is dropped for being old.
 func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliverer) {
-	passes := make(chan chan error)
-	done := make(chan struct{})
+	passes, done := make(chan chan error), make(chan struct{})
 	q.mu.Lock()
 	q.passes, q.fwdDone = passes, done
 	q.mu.Unlock()
 	defer close(done)
-	backoff := time.Duration(0)
+	wait := time.Duration(0)
 	var retry <-chan time.Time // set while backing off
 	sendCtx = q.live.in(sendCtx, "forward")
 	for {
@@ -425,21 +485,19 @@ func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliver
 		changed := q.changed
 		q.mu.Unlock()
 		if retry == nil {
-			empty, result, err := q.deliverOne(sendCtx, d)
-			switch {
+			switch empty, result, err := q.deliverOne(sendCtx, d); {
 			case empty:
-				backoff = 0
+				wait = 0
 				q.live.waiting("forward", forever)
+			case result == retryLater && sendCtx.Err() != nil:
+				return
 			case result == retryLater:
-				if sendCtx.Err() != nil {
-					return
-				}
-				backoff = nextBackoff(backoff, q.retry.min, q.retry.max)
-				q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", backoff.Round(time.Millisecond))
-				q.live.waiting("forward", backoff)
-				retry = time.After(backoff)
+				wait = nextBackoff(wait, q.retry.min, q.retry.max)
+				q.logger.Warn("cannot deliver task updates, will retry", "err", err, "queued", q.len(), "retry_in", wait.Round(time.Millisecond))
+				q.live.waiting("forward", wait)
+				retry = time.After(wait)
 			default:
-				backoff = 0
+				wait = 0
 				select {
 				case <-stop:
 					return
@@ -458,7 +516,7 @@ func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliver
 			err := q.pass(stop, sendCtx, d)
 			reply <- err
 			if err == nil {
-				backoff, retry = 0, nil
+				wait, retry = 0, nil
 			}
 		case <-retry:
 			retry = nil
@@ -471,23 +529,23 @@ func (q *queue) forward(stop <-chan struct{}, sendCtx context.Context, d deliver
 // with ±10 % jitter so that a farm of workers does not retry in step.
 func nextBackoff(prev, least, limit time.Duration) time.Duration {
 	next := min(max(2*prev, least), limit)
-	jitter := time.Duration(rand.Int64N(int64(next)/5+1)) - next/10
-	return next + jitter
+	return next + time.Duration(rand.Int64N(int64(next)/5+1)) - next/10
 }
 
 // pass delivers rows without backoff until the queue is empty or a
 // delivery fails, stopping between sends if stop is closed.
 func (q *queue) pass(stop <-chan struct{}, sendCtx context.Context, d deliverer) error {
 	for {
+		err := sendCtx.Err()
 		select {
 		case <-stop:
-			return fmt.Errorf("%d task updates still queued: %w", q.len(), errStopping)
+			err = errStopping
 		default:
 		}
-		if sendCtx.Err() != nil {
-			return fmt.Errorf("%d task updates still queued: %w", q.len(), sendCtx.Err())
+		empty, result := false, retryLater
+		if err == nil {
+			empty, result, err = q.deliverOne(sendCtx, d)
 		}
-		empty, result, err := q.deliverOne(sendCtx, d)
 		if empty {
 			return nil
 		}
@@ -506,22 +564,19 @@ func (q *queue) flush(ctx context.Context, d deliverer) error {
 	q.mu.Lock()
 	passes, done := q.passes, q.fwdDone
 	q.mu.Unlock()
-	if passes != nil {
-		reply := make(chan error, 1)
+	reply := make(chan error, 1)
+	select {
+	case passes <- reply:
 		select {
-		case passes <- reply:
-			select {
-			case err := <-reply:
-				return err
-			case <-ctx.Done():
-				return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
-			}
-		case <-done: // stopped: send ourselves
+		case err := <-reply:
+			return err
 		case <-ctx.Done():
-			return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
 		}
+	case <-done:
+		return q.pass(nil, ctx, d)
+	case <-ctx.Done():
 	}
-	return q.pass(nil, ctx, d)
+	return fmt.Errorf("%d task updates still queued: %w", q.len(), ctx.Err())
 }
 
 // commit moves updates from the reporters into the queue, in order. If the
@@ -544,7 +599,7 @@ func (q *queue) commit(ctx context.Context, in <-chan outgoing) {
 			}
 			q.logger.Error("cannot store a task update, retrying", "task_id", o.taskID, "err", err)
 			sleepCtx(ctx, time.Second)
-			q.reclaim()
+			q.st.reclaim()
 		}
 	}
 }

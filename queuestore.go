@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -14,234 +15,228 @@ import (
 	"sync"
 	"time"
 
-	"modernc.org/sqlite"
+	"modernc.org/sqlite" // the pure-Go SQLite driver, so the binary stays static
 )
 
-// The set-aside table: updates that will never be delivered (unreadable, or
-// refused again and again) are moved here, for an admin to inspect, so that
-// the updates behind them flow.
-const asideSchema = `CREATE TABLE IF NOT EXISTS task_updates_aside (
+// The queue's table, and the set-aside table: updates that will never be
+// delivered (unreadable, or refused again and again), kept for an admin to
+// inspect so that the updates behind them flow. The Python worker's
+// fworker_queue (pickles) in the same file is left alone.
+const (
+	queueSchema = `CREATE TABLE IF NOT EXISTS task_updates (
+	id      INTEGER PRIMARY KEY AUTOINCREMENT,
+	task_id TEXT NOT NULL,
+	payload TEXT NOT NULL
+)`
+	asideSchema = `CREATE TABLE IF NOT EXISTS task_updates_aside (
 	id           INTEGER PRIMARY KEY,
 	task_id      TEXT NOT NULL,
 	payload      BLOB,
 	reason       TEXT NOT NULL,
 	set_aside_at TEXT NOT NULL
 )`
-
-const (
 	queuePageSize = 4096    // measured: 64 KiB pages cut durable enqueues from ~3,400/s to ~1,300/s (every fsync'd commit writes whole pages)
 	shrinkAbove   = 1 << 20 // free pages or WAL bytes worth giving back once the queue is empty
+
+	// SQLite primary result codes (the low byte of an extended code).
+	sqliteCorrupt, sqliteCantOpen, sqliteNotADB = 11, 14, 26
 )
 
-// SQLite primary result codes (the low byte of an extended code).
-const (
-	sqliteCorrupt  = 11
-	sqliteCantOpen = 14
-	sqliteNotADB   = 26
-)
-
-// queueStore is what the queue knows about its SQLite file. The database
-// handle is replaced only while both sendMu and dbMu are held, so the
-// forwarder's own uses of q.db (under sendMu) need no more locking.
-type queueStore struct {
-	path      string
-	dbMu      sync.RWMutex // shared by enqueue, peek and setAside; exclusive while q.db is replaced
-	file      os.FileInfo  // the file q.db has open, to notice it being deleted or replaced
-	retryAt   time.Time    // after a failed rebuild, when to try again
-	compacted bool         // under q.mu: the file was shrunk since the queue last emptied
+// store is the queue's SQLite file. Only rebuild replaces db, with mu held
+// exclusively; every other use shares mu.
+type store struct {
+	path    string
+	logger  *slog.Logger
+	mu      sync.RWMutex
+	db      *sql.DB
+	file    os.FileInfo // the file db has open, to notice it being deleted or replaced
+	retryAt time.Time   // after a failed rebuild, when moved may report the file again
 }
 
-// queueDSN opens path with queuePageSize pages and the given journal mode.
-// The driver runs the _pragma entries before _journal_mode, and the page
-// size must be set before WAL (or the first table) fixes it. The WAL is
-// checkpointed every 1000 pages (4 MiB).
-func queueDSN(path, journal string) string {
-	return (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(4096)&_pragma=journal_size_limit(16777216)&_pragma=wal_autocheckpoint(1000)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String()
+// queuedUpdate is one row of the queue.
+type queuedUpdate struct {
+	id      int64
+	taskID  string
+	payload []byte
 }
 
-// reclaim gives the WAL's space back to the file system (a checkpoint that
-// truncates it): after a write failed on a full disk, the frames of the
-// failed transactions would otherwise keep the space that was freed since.
-func (q *queue) reclaim() {
-	q.st.dbMu.RLock()
-	defer q.st.dbMu.RUnlock()
-	q.db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
-}
-
-func sqliteCode(err error) int {
-	var e *sqlite.Error
-	if errors.As(err, &e) {
-		return e.Code() & 0xff
+// openStore opens (creating if needed) the queue file. A file that is not a
+// database, or whose schema cannot be read, is moved aside and an empty
+// queue started; a file with damaged rows is rebuilt from the readable ones.
+func openStore(path string, logger *slog.Logger) (*store, error) {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs // log lines name the file fully
 	}
-	return 0
-}
-
-// isDamaged tells whether err says the file or a page of it is corrupt.
-func isDamaged(err error) bool {
-	c := sqliteCode(err)
-	return c == sqliteCorrupt || c == sqliteNotADB
-}
-
-// open opens (creating if needed) the database at q.st.path. A file that is
-// not a database, or whose schema cannot be read, is moved aside and an
-// empty queue started; a file with damaged rows is rebuilt from the rows
-// that can still be read.
-func (q *queue) open() error {
-	path := q.st.path
-	adoptRebuilt(path, q.logger)
-	err := q.openDB()
+	s := &store{path: path, logger: logger}
+	adoptRebuilt(path, logger)
+	err := s.openDB()
 	if isDamaged(err) {
 		kept, merr := moveDBFiles(path, "corrupt")
 		if merr != nil {
-			return fmt.Errorf("opening queue %s: %w (and cannot move it aside: %v)", path, err, merr)
+			return nil, fmt.Errorf("opening queue %s: %w (and cannot move it aside: %v)", path, err, merr)
 		}
-		q.logger.Error("the task update queue file is damaged beyond reading: moved it aside and started an empty queue; the updates in it are not delivered",
+		logger.Error("the task update queue file is damaged beyond reading: moved it aside and started an empty queue; the updates in it are not delivered",
 			"queue", path, "moved_to", kept, "err", err)
-		err = q.openDB()
+		err = s.openDB()
 	}
 	if err != nil {
-		return explainOpen(path, err)
+		return nil, explainOpen(path, err)
 	}
-	if err := q.load(); isDamaged(err) {
-		return q.rebuild("rows of the queue cannot be read: "+err.Error(), "corrupt")
+	if _, _, err := s.count(); isDamaged(err) {
+		if _, _, err := s.rebuild("rows of the queue cannot be read: "+err.Error(), "corrupt", 0, 0); err != nil {
+			return nil, err
+		}
 	} else if err != nil {
-		q.db.Close()
-		return fmt.Errorf("opening queue %s: %w", path, err)
+		s.db.Close()
+		return nil, fmt.Errorf("opening queue %s: %w", path, err)
 	}
-	q.compactOnce()
-	q.warnPython()
-	return nil
+	var python int // the Python worker's rows are pickles this worker cannot read
+	if s.db.QueryRow(`SELECT count(*) FROM fworker_queue`).Scan(&python) == nil && python > 0 {
+		logger.Warn("the queue file holds task updates the Python worker never sent (table fworker_queue); they are not replayed", "queue", path, "count", python)
+	}
+	return s, nil
 }
 
-// openDB opens the file and creates the tables.
-func (q *queue) openDB() error {
-	db, err := sql.Open("sqlite", queueDSN(q.st.path, "WAL"))
+// openFile opens the database at path with the queue's pragmas and tables.
+// The driver runs the _pragma entries before _journal_mode, and the page
+// size must be set before WAL (or the first table) fixes it. The WAL is
+// checkpointed every 1000 pages (4 MiB).
+func openFile(path, journal string) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", (&url.URL{Scheme: "file", Opaque: path, RawQuery: "_pragma=busy_timeout(10000)&_pragma=page_size(4096)&_pragma=journal_size_limit(16777216)&_pragma=wal_autocheckpoint(1000)&_pragma=synchronous(FULL)&_journal_mode=" + journal}).String())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	db.SetMaxOpenConns(1) // one writer; also keeps the pragmas on one connection
 	for _, schema := range []string{queueSchema, asideSchema} {
 		if _, err := db.Exec(schema); err != nil {
 			db.Close()
-			return err
+			return nil, err
 		}
 	}
-	q.db = db
-	q.st.file, _ = os.Stat(q.st.path)
-	return nil
+	return db, nil
 }
 
-// load reads the queue's size. (Not compactOnce: rebuild calls it with
-// dbMu held.)
-func (q *queue) load() error {
-	var size int
-	var last sql.NullInt64
-	if err := q.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &last); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	q.size, q.last, q.head = size, max(q.last, last.Int64), 0
-	q.st.compacted = false
-	q.notifyLocked()
-	q.mu.Unlock()
-	return nil
-}
-
-// warnPython says once that the Python worker's queue, in the same file,
-// is not sent: its rows are pickles this worker cannot read.
-func (q *queue) warnPython() {
-	var n int
-	if err := q.db.QueryRow(`SELECT count(*) FROM fworker_queue`).Scan(&n); err != nil || n == 0 {
-		return // no such table, or nothing left in it
-	}
-	q.logger.Warn("the queue file holds task updates the Python worker never sent (table fworker_queue); they are not replayed",
-		"queue", q.st.path, "count", n)
-}
-
-// compactOnce gives the space of delivered rows back once per emptying of
-// the queue, and applies queuePageSize to an empty file made with another
-// pages. On an empty queue this is cheap.
-func (q *queue) compactOnce() {
-	q.mu.Lock()
-	due := q.size == 0 && !q.st.compacted
-	q.st.compacted = q.st.compacted || due
-	q.mu.Unlock()
-	if !due {
-		return
-	}
-	q.st.dbMu.RLock()
-	defer q.st.dbMu.RUnlock()
-	if err := q.compact(); err != nil {
-		q.logger.Warn("cannot shrink the empty task update queue file", "queue", q.st.path, "err", err)
-	}
-}
-
-func (q *queue) compact() error {
-	var pageSize, free int64
-	if err := q.db.QueryRow(`PRAGMA page_size`).Scan(&pageSize); err != nil {
-		return err
-	}
-	if err := q.db.QueryRow(`PRAGMA freelist_count`).Scan(&free); err != nil {
-		return err
-	}
-	var steps []string
-	switch {
-	case pageSize != queuePageSize: // a WAL file's page size is fixed: leave WAL for the VACUUM
-		steps = []string{`PRAGMA journal_mode=DELETE`, fmt.Sprintf(`PRAGMA page_size=%d`, queuePageSize), `VACUUM`, `PRAGMA journal_mode=WAL`}
-	case free*pageSize >= shrinkAbove:
-		steps = []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`}
-	case fileSize(q.st.path+"-wal") >= shrinkAbove:
-		steps = []string{`PRAGMA wal_checkpoint(TRUNCATE)`}
-	}
-	for _, s := range steps {
-		if _, err := q.db.Exec(s); err != nil {
-			return fmt.Errorf("%s: %w", s, err)
-		}
-	}
-	return nil
-}
-
-func fileSize(path string) int64 {
-	info, err := os.Stat(path)
+func (s *store) openDB() error {
+	db, err := openFile(s.path, "WAL")
 	if err != nil {
-		return 0
+		return err // s.db stays the old, closed handle: its uses fail, they do not panic
 	}
-	return info.Size()
+	s.db = db
+	s.file, _ = os.Stat(s.path)
+	return nil
 }
 
-// readHead reads the oldest row.
-func (q *queue) readHead() (*queuedUpdate, error) {
-	q.st.dbMu.RLock()
-	defer q.st.dbMu.RUnlock()
+func (s *store) close() error { return s.db.Close() }
+
+// count is the number of rows and the newest id. (Unlocked: for rebuild.)
+func (s *store) count() (size int, last int64, err error) {
+	var l sql.NullInt64
+	err = s.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &l)
+	return size, l.Int64, err
+}
+
+func (s *store) insert(taskID string, payload []byte) (int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	res, err := s.db.Exec(`INSERT INTO task_updates (task_id, payload) VALUES (?, ?)`, taskID, payload)
+	if err != nil {
+		return 0, err
+	}
+	return res.LastInsertId()
+}
+
+// head reads the oldest row, nil when there is none.
+func (s *store) head() (*queuedUpdate, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	var u queuedUpdate
-	err := q.db.QueryRow(`SELECT id, task_id, payload FROM task_updates ORDER BY id LIMIT 1`).Scan(&u.id, &u.taskID, &u.payload)
+	err := s.db.QueryRow(`SELECT id, task_id, payload FROM task_updates ORDER BY id LIMIT 1`).Scan(&u.id, &u.taskID, &u.payload)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	return &u, err
 }
 
-// setAside moves row id of task_updates into task_updates_aside, in one
-// transaction, and logs it once.
-func (q *queue) setAside(id int64, reason string) error {
-	q.st.dbMu.RLock()
-	taskID, err := q.moveAside(id, reason)
-	q.st.dbMu.RUnlock()
+// remove deletes a delivered row without waiting for the disk, unlike
+// inserts (synchronous=FULL): a delete a power cut loses only re-sends the
+// update, which at-least-once delivery allows. This halves the fsyncs of a
+// chatty task.
+func (s *store) remove(id int64) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ctx := context.Background()
+	conn, err := s.db.Conn(ctx) // the only connection: no insert can slip in between
 	if err != nil {
-		return fmt.Errorf("setting a task update aside: %w", err)
+		return err
 	}
-	q.logger.Error("task update set aside: it will not be delivered; it is kept in table task_updates_aside",
-		"task_id", taskID, "reason", reason, "row", id, "queue", q.st.path)
-	q.mu.Lock()
-	q.size--
-	q.head = max(q.head, id+1)
-	q.notifyLocked()
-	q.mu.Unlock()
-	return nil
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `PRAGMA synchronous=NORMAL`)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, `DELETE FROM task_updates WHERE id = ?`, id)
+	}
+	if _, perr := conn.ExecContext(ctx, `PRAGMA synchronous=FULL`); err == nil {
+		err = perr
+	}
+	return err
 }
 
-func (q *queue) moveAside(id int64, reason string) (taskID string, _ error) {
-	tx, err := q.db.Begin()
+func (s *store) exec(query string, args ...any) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, err := s.db.Exec(query, args...)
+	return err
+}
+
+// rewrite replaces a row's payload (by the rest of an update sent in parts).
+func (s *store) rewrite(id int64, payload []byte) error {
+	return s.exec(`UPDATE task_updates SET payload = ? WHERE id = ?`, payload, id)
+}
+
+// reclaim gives the WAL's space back to the file system: after a write
+// failed on a full disk, the frames of the failed transactions would
+// otherwise keep the space that was freed since.
+func (s *store) reclaim() { s.exec(`PRAGMA wal_checkpoint(TRUNCATE)`) }
+
+// shrink gives the space of delivered rows back and applies queuePageSize
+// to a file made with other pages. The queue calls it when it is empty.
+func (s *store) shrink() {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var pageSize, free int64
+	err := s.db.QueryRow(`SELECT * FROM pragma_page_size, pragma_freelist_count`).Scan(&pageSize, &free)
+	var steps []string
+	switch {
+	case err != nil:
+	case pageSize != queuePageSize: // a WAL file's page size is fixed: leave WAL for the VACUUM
+		steps = []string{`PRAGMA journal_mode=DELETE`, fmt.Sprintf(`PRAGMA page_size=%d`, queuePageSize), `VACUUM`, `PRAGMA journal_mode=WAL`}
+	case free*pageSize >= shrinkAbove:
+		steps = []string{`VACUUM`, `PRAGMA wal_checkpoint(TRUNCATE)`}
+	case fileSize(s.path+"-wal") >= shrinkAbove:
+		steps = []string{`PRAGMA wal_checkpoint(TRUNCATE)`}
+	}
+	for _, step := range steps {
+		if _, err = s.db.Exec(step); err != nil {
+			err = fmt.Errorf("%s: %w", step, err)
+			break
+		}
+	}
+	if err != nil {
+		s.logger.Warn("cannot shrink the empty task update queue file", "queue", s.path, "err", err)
+	}
+}
+
+func fileSize(path string) int64 {
+	if info, err := os.Stat(path); err == nil {
+		return info.Size()
+	}
+	return 0
+}
+
+// setAside moves row id into task_updates_aside, in one transaction.
+func (s *store) setAside(id int64, reason string) (taskID string, _ error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	tx, err := s.db.Begin()
 	if err != nil {
 		return "", err
 	}
@@ -261,34 +256,33 @@ func (q *queue) moveAside(id int64, reason string) (taskID string, _ error) {
 
 func asideTime() string { return time.Now().UTC().Format(time.RFC3339) }
 
-// fileMoved tells whether the queue file was deleted or replaced since it
-// was opened: SQLite keeps writing to the unlinked file, so every later
+// moved says how the file was "deleted" or "replaced" since it was opened
+// ("" if not): SQLite keeps writing to an unlinked file, so every later
 // update would be lost at the next start.
-func (q *queue) fileMoved() (how string, moved bool) {
-	info, err := os.Stat(q.st.path)
+func (s *store) moved() string {
+	info, err := os.Stat(s.path)
 	switch {
+	case time.Now().Before(s.retryAt):
 	case errors.Is(err, fs.ErrNotExist):
-		return "deleted", true
-	case err != nil || q.st.file == nil:
-		return "", false
-	case !os.SameFile(info, q.st.file):
-		return "replaced", true
+		return "deleted"
+	case err == nil && s.file != nil && !os.SameFile(info, s.file):
+		return "replaced"
 	}
-	return "", false
+	return ""
 }
 
-// watchFile recreates the queue file when it was deleted or replaced,
-// carrying the queued rows over. Called with sendMu held.
-func (q *queue) watchFile() {
-	how, moved := q.fileMoved()
-	if !moved || time.Now().Before(q.st.retryAt) {
-		return
+func sqliteCode(err error) int {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		return e.Code() & 0xff
 	}
-	q.logger.Error("the task update queue file was "+how+" while the worker ran: recreating it with the updates still queued", "queue", q.st.path)
-	if err := q.rebuild("the queue file was "+how, "replaced"); err != nil {
-		q.st.retryAt = time.Now().Add(time.Minute)
-		q.logger.Error("cannot recreate the task update queue file; updates stay in the "+how+" file until the worker stops", "queue", q.st.path, "err", err)
-	}
+	return 0
+}
+
+// isDamaged tells whether err says the file or a page of it is corrupt.
+func isDamaged(err error) bool {
+	c := sqliteCode(err)
+	return c == sqliteCorrupt || c == sqliteNotADB
 }
 
 // moveDBFiles renames a database file (and its WAL) to
@@ -356,70 +350,38 @@ func errnoText(err error) string {
 	return err.Error()
 }
 
-// queuedRows is the range of row ids a walk covers.
+// queuedRows is the range of row ids a walk covers, each bound read on its
+// own (a damaged b-tree may hide one but not the others); head and last are
+// the queue's, for when the file cannot tell.
 func queuedRows(db *sql.DB, head, last int64) (from, to int64) {
 	var lo, hi, seq sql.NullInt64
-	db.QueryRow(`SELECT min(id) FROM task_updates`).Scan(&lo)
+	loErr := db.QueryRow(`SELECT min(id) FROM task_updates`).Scan(&lo)
 	db.QueryRow(`SELECT max(id) FROM task_updates`).Scan(&hi)
 	db.QueryRow(`SELECT seq FROM sqlite_sequence WHERE name = 'task_updates'`).Scan(&seq)
-	from = 1
-	if lo.Valid {
-		from = lo.Int64
-	} else if head > 0 {
-		from = head
+	switch to = max(last, hi.Int64, seq.Int64); {
+	case lo.Valid:
+		return lo.Int64, to
+	case loErr == nil:
+		return 1, 0 // empty
 	}
-	return from, max(last, hi.Int64, seq.Int64)
+	return max(head, 1), to
 }
 
 // walkRows calls fn for every row id from..last of task_updates, in order:
 // with the row when it can be read, with the error when it cannot (u then
-// holds what could be read of it, or is nil). Past a damaged b-tree page,
-// where even the ids cannot be listed, it probes the ids one by one, so
-// fn may get an id that never existed.
+// holds what could be read of it, or is nil). It looks each id up, so past
+// a damaged b-tree page, where even the ids cannot be listed, fn may get an
+// id that never existed. (The rows are contiguous: only the head ever
+// leaves the table.)
 func walkRows(db *sql.DB, from, last int64, fn func(id int64, u *queuedUpdate, err error) error) error {
-	for next := from; next <= last; {
-		var id int64
-		err := db.QueryRow(`SELECT id FROM task_updates WHERE id >= ? ORDER BY id LIMIT 1`, next).Scan(&id)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return nil
-		case err == nil:
-			u, rerr := readRow(db, id)
-			if err := fn(id, u, rerr); err != nil {
+	for id := from; id <= last; id++ {
+		if u, err := readRow(db, id); !errors.Is(err, sql.ErrNoRows) {
+			if err := fn(id, u, err); err != nil {
 				return err
 			}
-			next = id + 1
-		case isDamaged(err):
-			resume := resumeAfterDamage(db, next, last)
-			for ; next < resume; next++ {
-				u, rerr := readRow(db, next)
-				if errors.Is(rerr, sql.ErrNoRows) {
-					continue
-				}
-				if err := fn(next, u, rerr); err != nil {
-					return err
-				}
-			}
-		default:
-			return err
 		}
 	}
 	return nil
-}
-
-// resumeAfterDamage finds, galloping, an id above from where the ids can be
-// listed again (or last+1).
-func resumeAfterDamage(db *sql.DB, from, last int64) int64 {
-	for step := int64(1); ; step *= 2 {
-		p := from + step
-		if p > last {
-			return last + 1
-		}
-		var id int64
-		if err := db.QueryRow(`SELECT id FROM task_updates WHERE id >= ? ORDER BY id LIMIT 1`, p).Scan(&id); !isDamaged(err) {
-			return p
-		}
-	}
 }
 
 // readRow reads one row; when its payload is unreadable it still tries to
@@ -436,12 +398,14 @@ func readRow(db *sql.DB, id int64) (*queuedUpdate, error) {
 	return u, err
 }
 
-// unreadable is a run of consecutive row ids that could not be read.
+// unreadable is a run of consecutive row ids that could not be read, or
+// one row whose payload is not JSON (kept, for inspection).
 type unreadable struct {
 	from, to int64
 	taskID   string
+	payload  []byte
 	err      error
-	stored   bool // its payload is in task_updates_aside already
+	notJSON  bool
 }
 
 func (r unreadable) String() string {
@@ -451,64 +415,64 @@ func (r unreadable) String() string {
 	return fmt.Sprintf("rows %d to %d", r.from, r.to)
 }
 
-// rebuild replaces the queue file by a fresh one holding every row that can
-// still be read from the current database; a row that cannot is recorded
-// in the new file's task_updates_aside and logged once. A file still at the
-// path is kept next to it as <name>.<what>-<time>. Called with sendMu held,
-// or before the queue is in use.
-func (q *queue) rebuild(why, what string) error {
-	path := q.st.path
-	tmp := path + ".rebuild"
+func (r unreadable) reason() string {
+	switch {
+	case r.notJSON:
+		return "unreadable: payload is not valid JSON (a damaged page?)"
+	case r.from != r.to:
+		return fmt.Sprintf("unreadable (%v): %s; ids on a damaged page, some may have been delivered before", r.err, r)
+	}
+	return fmt.Sprintf("unreadable (%v): %s", r.err, r)
+}
+
+// rebuild replaces the file by a fresh one holding every row that can still
+// be read (head and last, the queue's, bound the ids where the file cannot
+// tell); a row that cannot is recorded in the new file's task_updates_aside
+// and logged once. A file still at the path is kept as <name>.<what>-<time>.
+// It returns the new file's row count and newest id; size is -1 when a
+// failed rebuild could not reopen the queue either.
+func (s *store) rebuild(why, what string, head, last int64) (size int, newLast int64, err error) {
+	tmp := s.path + ".rebuild"
 	for _, ext := range []string{"", "-journal", "-wal", "-shm"} {
 		os.Remove(tmp + ext)
 	}
-	q.st.dbMu.Lock()
-	defer q.st.dbMu.Unlock()
-	lost, err := q.copyInto(tmp)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lost, err := s.copyInto(tmp, head, last)
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("rebuilding queue %s: %w", path, err)
+		return -1, 0, fmt.Errorf("rebuilding queue %s: %w", s.path, err)
 	}
-	q.db.Close()
-	kept, err := swapInto(tmp, path, what)
+	s.db.Close()
+	kept, err := swapInto(tmp, s.path, what)
 	if err == nil {
-		err = q.openDB()
+		err = s.openDB()
 	}
 	if err != nil {
-		if rerr := q.reopen(); rerr != nil { // whatever is at the path, so the queue stays usable
-			err = fmt.Errorf("%w; reopening: %v", err, rerr)
+		s.retryAt = time.Now().Add(time.Minute)
+		adoptRebuilt(s.path, s.logger) // whatever is at the path, so the queue stays usable
+		if rerr := s.openDB(); rerr != nil {
+			return -1, 0, fmt.Errorf("rebuilding queue %s: %w; reopening: %v", s.path, err, rerr)
 		}
-		return fmt.Errorf("rebuilding queue %s: %w", path, err)
+		size, newLast, _ = s.count()
+		return size, newLast, fmt.Errorf("rebuilding queue %s: %w", s.path, err)
 	}
-	if err := q.load(); err != nil {
-		return fmt.Errorf("rebuilding queue %s: %w", path, err)
+	if size, newLast, err = s.count(); err != nil {
+		return -1, 0, fmt.Errorf("rebuilding queue %s: %w", s.path, err)
 	}
 	for _, r := range lost {
-		q.logger.Error("task update unreadable (damaged page of the queue file): set aside, it will not be delivered",
-			"rows", r.String(), "task_id", r.taskID, "err", r.err, "queue", path, "damaged_file", kept)
+		s.logger.Error("task update unreadable (damaged page of the queue file): set aside, it will not be delivered",
+			"rows", r.String(), "task_id", r.taskID, "err", r.err, "queue", s.path, "damaged_file", kept)
 	}
-	q.logger.Warn("task update queue rebuilt", "reason", why, "queue", path, "queued", q.len(), "unreadable", len(lost), "old_file", kept)
-	return nil
-}
-
-// reopen opens the queue again after a failed rebuild: the file at the
-// path, else the rebuilt copy if the old file was moved already.
-func (q *queue) reopen() error {
-	adoptRebuilt(q.st.path, q.logger)
-	if err := q.openDB(); err != nil {
-		return err
-	}
-	return q.load()
+	s.logger.Warn("task update queue rebuilt", "reason", why, "queue", s.path, "queued", size, "unreadable", len(lost), "old_file", kept)
+	return size, newLast, nil
 }
 
 // adoptRebuilt puts a rebuilt copy left by an interrupted rebuild at the
 // path, when nothing else is there: it holds the rows carried over.
 func adoptRebuilt(path string, logger *slog.Logger) {
 	tmp := path + ".rebuild"
-	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	if _, err := os.Stat(tmp); err != nil {
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) || fileSize(tmp) == 0 {
 		return
 	}
 	os.Rename(tmp+"-journal", path+"-journal") // an unfinished copy is rolled back at open
@@ -530,33 +494,24 @@ func swapInto(tmp, path, what string) (kept string, err error) {
 	return kept, os.Rename(tmp, path)
 }
 
-// copyInto writes a fresh queue database at tmp from the rows of q.db.
-func (q *queue) copyInto(tmp string) ([]unreadable, error) {
-	dst, err := sql.Open("sqlite", queueDSN(tmp, "DELETE"))
+// copyInto writes a fresh queue database at tmp from the rows of s.db.
+func (s *store) copyInto(tmp string, head, last int64) ([]unreadable, error) {
+	dst, err := openFile(tmp, "DELETE")
 	if err != nil {
 		return nil, err
 	}
 	defer dst.Close()
-	dst.SetMaxOpenConns(1)
-	for _, schema := range []string{queueSchema, asideSchema} {
-		if _, err := dst.Exec(schema); err != nil {
-			return nil, err
-		}
-	}
 	tx, err := dst.Begin()
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback()
-	q.mu.Lock()
-	head, last := q.head, q.last
-	q.mu.Unlock()
-	from, last := queuedRows(q.db, head, last)
-	lost, err := copyRows(q.db, tx, from, last)
+	from, last := queuedRows(s.db, head, last)
+	lost, err := copyRows(s.db, tx, from, last)
 	if err != nil {
 		return nil, err
 	}
-	copyAside(q.db, tx)
+	copyAside(s.db, tx)
 	if _, err := tx.Exec(`INSERT OR REPLACE INTO sqlite_sequence (rowid, name, seq)
 		VALUES ((SELECT rowid FROM sqlite_sequence WHERE name = 'task_updates'), 'task_updates', ?)`, last); err != nil {
 		return nil, err
@@ -571,47 +526,32 @@ func (q *queue) copyInto(tmp string) ([]unreadable, error) {
 // set-aside table.
 func copyRows(src *sql.DB, tx *sql.Tx, from, last int64) ([]unreadable, error) {
 	var lost []unreadable
-	aside := func(id int64, taskID string, payload []byte, reason string) error {
-		_, err := tx.Exec(`INSERT OR REPLACE INTO task_updates_aside (id, task_id, payload, reason, set_aside_at) VALUES (?, ?, ?, ?, ?)`,
-			id, taskID, payload, reason, asideTime())
-		return err
-	}
 	err := walkRows(src, from, last, func(id int64, u *queuedUpdate, rerr error) error {
-		switch {
-		case rerr == nil && json.Valid(u.payload):
+		if rerr == nil && json.Valid(u.payload) {
 			_, err := tx.Exec(`INSERT INTO task_updates (id, task_id, payload) VALUES (?, ?, ?)`, id, u.taskID, u.payload)
 			return err
-		case rerr == nil:
-			lost = append(lost, unreadable{id, id, u.taskID, errors.New("payload is not valid JSON"), true})
-			return aside(id, u.taskID, u.payload, "unreadable: payload is not valid JSON (a damaged page?)")
 		}
-		taskID := ""
+		r := unreadable{from: id, to: id, err: rerr, notJSON: rerr == nil}
 		if u != nil {
-			taskID = u.taskID
+			r.taskID, r.payload = u.taskID, u.payload
 		}
-		if n := len(lost); n > 0 && lost[n-1].to == id-1 && lost[n-1].taskID == taskID && taskID == "" {
+		if r.notJSON {
+			r.err = errors.New("payload is not valid JSON")
+		}
+		if n := len(lost); n > 0 && !r.notJSON && r.taskID == "" && !lost[n-1].notJSON && lost[n-1].taskID == "" && lost[n-1].to == id-1 {
 			lost[n-1].to = id // one entry per run of ids lost on a damaged page
 		} else {
-			lost = append(lost, unreadable{id, id, taskID, rerr, false})
+			lost = append(lost, r)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
 	for _, r := range lost {
-		if r.stored {
-			continue
-		}
-		reason := fmt.Sprintf("unreadable (%v): %s", r.err, r)
-		if r.from != r.to {
-			reason += "; ids on a damaged page, some may have been delivered before"
-		}
-		if err := aside(r.from, r.taskID, nil, reason); err != nil {
-			return nil, err
+		if err == nil {
+			_, err = tx.Exec(`INSERT OR REPLACE INTO task_updates_aside (id, task_id, payload, reason, set_aside_at) VALUES (?, ?, ?, ?, ?)`,
+				r.from, r.taskID, r.payload, r.reason(), asideTime())
 		}
 	}
-	return lost, nil
+	return lost, err
 }
 
 // copyAside carries the set-aside rows over, as far as they can be read.
@@ -700,12 +640,9 @@ func surveyQueue(db *sql.DB) (queueSurvey, error) {
 		}
 		if rerr == nil {
 			s.waiting++
-			return nil
-		}
-		if s.unreadable == 0 {
+		} else if s.unreadable++; s.unreadable == 1 {
 			s.firstDamage = fmt.Sprintf("row %d: %v", id, rerr)
 		}
-		s.unreadable++
 		return nil
 	})
 	if err != nil {

@@ -38,7 +38,7 @@ func TestQueueSetAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	var taskID, payload, reason string
-	if err := q.db.QueryRow(`SELECT task_id, payload, reason FROM task_updates_aside WHERE id = ?`, first).Scan(&taskID, &payload, &reason); err != nil {
+	if err := q.st.db.QueryRow(`SELECT task_id, payload, reason FROM task_updates_aside WHERE id = ?`, first).Scan(&taskID, &payload, &reason); err != nil {
 		t.Fatal(err)
 	}
 	if taskID != "t1" || payload != `{"n": 1}` || reason != "refused 5 times: 403" {
@@ -156,10 +156,10 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Zero freed space, so that the page's bytes name only the rows on it.
-			if _, err := q.db.Exec(`PRAGMA secure_delete=ON`); err != nil {
+			if _, err := q.st.db.Exec(`PRAGMA secure_delete=ON`); err != nil {
 				t.Fatal(err)
 			}
-			tx, err := q.db.Begin() // one transaction: the setup needs no fsync per row
+			tx, err := q.st.db.Begin() // one transaction: the setup needs no fsync per row
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,7 +192,7 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 				t.Errorf("delivered %d rows %v,\nwant %d rows %v", len(got), got, len(want), want)
 			}
 			var aside int
-			q.db.QueryRow(`SELECT count(*) FROM task_updates_aside`).Scan(&aside)
+			q.st.db.QueryRow(`SELECT count(*) FROM task_updates_aside`).Scan(&aside)
 			logged := strings.Count(logs.String(), "level=ERROR")
 			if aside == 0 || logged == 0 || logged > len(lost) {
 				t.Errorf("%d rows set aside, %d error lines for %d lost rows; log:\n%s", aside, logged, len(lost), logs.String())
@@ -213,7 +213,7 @@ func TestQueueDamagedPagesSetAside(t *testing.T) {
 func pageSize(t *testing.T, q *queue) int {
 	t.Helper()
 	var n int
-	if err := q.db.QueryRow(`PRAGMA page_size`).Scan(&n); err != nil {
+	if err := q.st.db.QueryRow(`PRAGMA page_size`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -248,7 +248,7 @@ func TestQueuePageSize(t *testing.T) {
 		t.Errorf("empty 64 KiB-page queue reopened: page size %d, want %d", n, queuePageSize)
 	}
 	var mode string
-	if q.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); mode != "wal" {
+	if q.st.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); mode != "wal" {
 		t.Errorf("journal mode after the conversion = %q, want wal", mode)
 	}
 }
@@ -265,7 +265,7 @@ func TestQueueShrinksOnceEmpty(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := q.db.Exec(`PRAGMA wal_checkpoint`); err != nil { // as SQLite does every 1000 pages
+	if _, err := q.st.db.Exec(`PRAGMA wal_checkpoint`); err != nil { // as SQLite does every 1000 pages
 		t.Fatal(err)
 	}
 	full, fullWAL := fileSize(path), fileSize(path+"-wal")

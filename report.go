@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // maxLogBytes bounds the log text of one task update.
@@ -33,22 +31,13 @@ type taskMetrics struct {
 	Timing map[string]float64 `json:"timing"`
 }
 
-// outgoing is one update on its way to the durable queue. A nil payload is
-// a marker: done is closed once everything sent before it is committed.
-type outgoing struct {
-	taskID  string
-	payload []byte
-	done    chan struct{}
-}
-
 // reporter batches one task's activity, progress and log lines into task
 // updates the way the Python worker does (spec/python-worker.md §3.4–3.5):
 // a status change goes out at once, activity at most every
 // push_act_max_interval, log lines when push_log_max_entries are waiting
-// (the Python worker waited for one more, so its updates could carry one
-// line too many) or push_log_max_interval has passed. Updates leave through out, in
-// order; the channel is bounded, so a stalled queue slows the task down
-// instead of growing memory.
+// (the Python worker waited for one more) or push_log_max_interval has
+// passed. Updates leave through out, in order; out is bounded, so a stalled
+// queue slows the task down instead of growing memory.
 type reporter struct {
 	taskID      string
 	nCommands   int
@@ -97,29 +86,15 @@ func newReporter(taskID string, cfg *Config, out chan<- outgoing) *reporter {
 }
 
 // log queues one log line, prefixed with the current UTC time.
-func (r *reporter) log(text string) {
-	r.logAt(time.Now(), text)
-}
+func (r *reporter) log(text string) { r.logAt(time.Now(), text) }
 
-func (r *reporter) logf(format string, args ...any) {
-	r.log(fmt.Sprintf(format, args...))
-}
+func (r *reporter) logf(format string, args ...any) { r.log(fmt.Sprintf(format, args...)) }
 
 func (r *reporter) logAt(t time.Time, text string) {
 	if len(text) > maxLogBytes/2 {
 		text = fmt.Sprintf("%s… (%d bytes cut)", text[:maxLogBytes/2], len(text)-maxLogBytes/2)
 	}
-	if !utf8.ValidString(text) {
-		text = strings.ToValidUTF8(text, "\uFFFD")
-	}
-	r.mu.Lock()
-	defer r.unlock() // hands built updates on, unlocked
-	if r.closed {
-		return
-	}
-	r.startLineLocked(t, len(text))
-	r.logBuf = append(r.logBuf, text...)
-	r.endLineLocked(t)
+	r.logOutput(t, strings.ToValidUTF8(text, "\uFFFD"), nil)
 }
 
 // logOutput queues one line of subprocess output, prefix (e.g. "pid=12 > ")
@@ -139,7 +114,10 @@ func (r *reporter) logOutput(t time.Time, prefix string, line []byte) {
 
 // startLineLocked makes room for a line of n bytes (pushing first if the
 // batch would pass maxLogBytes) and appends its "<timestamp>: ", RFC 3339
-// UTC with microseconds: 2006-01-02T15:04:05.000000+00:00.
+// UTC with microseconds: 2006-01-02T15:04:05.000000+00:00. The seconds are
+// formatted once a second and the microseconds by hand: AppendFormat for
+// every line costs 409 ns instead of 16, 0.4 CPU-s per million lines
+// against the budget's 1.5 (bench/output.sh).
 func (r *reporter) startLineLocked(t time.Time, n int) {
 	if len(r.logBuf)+n+40 > maxLogBytes {
 		r.pushLocked()
@@ -162,12 +140,10 @@ func (r *reporter) endLineLocked(t time.Time) {
 	r.logBuf = append(r.logBuf, '\n')
 	r.logLines++
 	switch {
-	case r.logLines >= r.logMax: // never more than push_log_max_entries lines in one update
-		r.pushLocked()
-	case t.Sub(r.lastLog) > r.logInterval:
+	case r.logLines >= r.logMax || t.Sub(r.lastLog) > r.logInterval: // never more than push_log_max_entries lines in one update
 		r.pushLocked()
 	case r.logTimer == nil:
-		r.logTimer = time.AfterFunc(r.logInterval, r.delayedPush)
+		r.logTimer = time.AfterFunc(r.logInterval, r.flush)
 	}
 }
 
@@ -185,23 +161,15 @@ func (r *reporter) setActivity(activity string) {
 	r.change(func(u *taskUpdate) { u.Activity = activity }, "")
 }
 
-// commandStarted records that command idx of n begins.
-func (r *reporter) commandStarted(idx int, name string) {
-	r.change(func(u *taskUpdate) {
-		u.Activity = "starting " + name
-		u.CurrentCommandIdx = idx
-		u.CommandProgressPercentage = 0
-		u.TaskProgressPercentage = r.taskPercent(idx, 0)
-	}, "")
-}
+// commandStarted and commandFinished record that command idx of n begins
+// or completed successfully.
+func (r *reporter) commandStarted(idx int, name string)  { r.command(idx, "starting "+name, 0) }
+func (r *reporter) commandFinished(idx int, name string) { r.command(idx, "finished "+name, 1) }
 
-// commandFinished records that command idx completed successfully.
-func (r *reporter) commandFinished(idx int, name string) {
+func (r *reporter) command(idx int, activity string, frac float64) {
 	r.change(func(u *taskUpdate) {
-		u.Activity = "finished " + name
-		u.CurrentCommandIdx = idx
-		u.CommandProgressPercentage = 100
-		u.TaskProgressPercentage = r.taskPercent(idx, 1)
+		u.Activity, u.CurrentCommandIdx = activity, idx
+		u.CommandProgressPercentage, u.TaskProgressPercentage = int(frac*100), r.taskPercent(idx, frac)
 	}, "")
 }
 
@@ -240,26 +208,12 @@ func (r *reporter) timingJSON() string {
 }
 
 func timingString(t map[string]float64) string {
-	keys := make([]string, 0, len(t))
-	for k := range t {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteString(", ")
-		}
+	parts := make([]string, 0, len(t))
+	for _, k := range slices.Sorted(maps.Keys(t)) {
 		kj, _ := json.Marshal(k)
-		fmt.Fprintf(&b, "%s: %s", kj, pythonFloat(t[k]))
+		parts = append(parts, fmt.Sprintf("%s: %s", kj, pythonNumber(json.Number(fmt.Sprintf("%.6f", t[k])))))
 	}
-	b.WriteByte('}')
-	return b.String()
-}
-
-func pythonFloat(f float64) string {
-	return pythonNumber(json.Number(fmt.Sprintf("%.6f", f)))
+	return "{" + strings.Join(parts, ", ") + "}"
 }
 
 // change applies fn to the activity and pushes per the batching rules.
@@ -277,7 +231,7 @@ func (r *reporter) change(fn func(*taskUpdate), status string) {
 	case time.Since(r.lastAct) > r.actInterval:
 		r.pushLocked()
 	case r.actTimer == nil:
-		r.actTimer = time.AfterFunc(r.actInterval, r.delayedPush)
+		r.actTimer = time.AfterFunc(r.actInterval, r.flush)
 	}
 }
 
@@ -289,15 +243,7 @@ func (r *reporter) silence() {
 	r.silent = true
 }
 
-func (r *reporter) delayedPush() {
-	r.mu.Lock()
-	defer r.unlock() // hands built updates on, unlocked
-	if !r.closed {
-		r.pushLocked()
-	}
-}
-
-// flush pushes whatever is pending.
+// flush pushes whatever is pending; the batching timers call it too.
 func (r *reporter) flush() {
 	r.mu.Lock()
 	defer r.unlock() // hands built updates on, unlocked
@@ -322,35 +268,30 @@ func (r *reporter) pushLocked() {
 	var logText []byte
 	if r.logLines > 0 {
 		logText = r.logBuf[:len(r.logBuf)-1] // no trailing newline
-		r.logLines = 0
-		r.lastLog = now
+		r.logLines, r.lastLog = 0, now
 		stopTimer(&r.logTimer)
 	}
-	var payload []byte
-	switch {
-	case r.silent && logText == nil:
+	if r.silent && logText == nil {
 		return
-	case r.silent:
-		payload = appendJSONString(append(make([]byte, 0, len(logText)+32), `{"log":`...), logText)
-		payload = append(payload, '}')
-	default:
+	}
+	payload := []byte("{}") // silent: only the log lines
+	if !r.silent {
 		u := r.act
 		u.TaskStatus = r.status
 		if len(r.timing) > 0 {
 			u.Metrics = &taskMetrics{Timing: r.timing}
 		}
-		head, err := json.Marshal(u)
-		if err != nil {
-			panic(fmt.Sprintf("encoding a task update: %v", err)) // plain structs cannot fail
-		}
-		payload = head
-		if logText != nil {
-			payload = append(make([]byte, 0, len(head)+len(logText)+32), head[:len(head)-1]...)
-			payload = appendJSONString(append(payload, `,"log":`...), logText)
-			payload = append(payload, '}')
-		}
+		payload, _ = json.Marshal(u) // plain structs: cannot fail
 		r.lastAct = now
 		stopTimer(&r.actTimer)
+	}
+	if logText != nil {
+		head := payload[:len(payload)-1]
+		payload = append(make([]byte, 0, len(head)+len(logText)+32), head...)
+		if len(head) > 1 {
+			payload = append(payload, ',')
+		}
+		payload = append(appendJSONString(append(payload, `"log":`...), logText), '}')
 	}
 	r.logBuf = r.logBuf[:0]
 	r.pending = append(r.pending, payload)
@@ -391,7 +332,9 @@ func needsEscape8(x uint64) bool {
 	return control|hasZero(x^('"'*ones))|hasZero(x^('\\'*ones)) != 0
 }
 
-// appendJSONString appends s, valid UTF-8, as a JSON string.
+// appendJSONString appends s, valid UTF-8, as a JSON string: 866 MB/s
+// against json.Marshal's 267 (and its copy to a string), on the hot path of
+// every log line.
 func appendJSONString(dst, s []byte) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
@@ -409,16 +352,9 @@ func appendJSONString(dst, s []byte) []byte {
 			continue
 		}
 		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
+		if k := strings.IndexByte("\"\\\n\r\t", c); k >= 0 {
+			dst = append(dst, '\\', "\"\\nrt"[k])
+		} else {
 			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 		}
 		start = i + 1
@@ -439,117 +375,4 @@ func (r *reporter) snapshot() (u taskUpdate, pid int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.act, int(r.pid.Load())
-}
-
-// withoutStatus is a queued update without its task_status, for a task the
-// Manager told us to stop: its log lines and activity still go out, but a
-// stale "active" would claim a task that is no longer ours.
-func withoutStatus(payload []byte) []byte {
-	var doc map[string]json.RawMessage
-	if json.Unmarshal(payload, &doc) != nil {
-		return payload
-	}
-	if _, ok := doc["task_status"]; !ok {
-		return payload
-	}
-	delete(doc, "task_status")
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return payload
-	}
-	return out
-}
-
-// decodeUpdate splits a queued update into its log lines and its other
-// fields, so that it can be sent in parts.
-func decodeUpdate(payload []byte) (doc map[string]json.RawMessage, lines []string, ok bool) {
-	if json.Unmarshal(payload, &doc) != nil || doc == nil {
-		return nil, nil, false
-	}
-	if raw, found := doc["log"]; found {
-		var text string
-		json.Unmarshal(raw, &text)
-		if text != "" {
-			lines = strings.Split(text, "\n")
-		}
-		delete(doc, "log")
-	}
-	return doc, lines, true
-}
-
-// splitParts is the next part of an update refused as too large: at most
-// maxLines of its log lines (0: all), each, like the activity, cut to
-// lineBytes (0: whole). Activity, progress, status and metrics go with the
-// last part only, so that they arrive once every line before them has;
-// rest is the update after the part, nil when part is the last one. n is
-// the number of lines in part, longest its longest line (or activity) as
-// sent.
-func splitParts(doc map[string]json.RawMessage, lines []string, maxLines, lineBytes int) (part, rest []byte, n, longest int) {
-	n = len(lines)
-	if maxLines > 0 {
-		n = min(n, maxLines)
-	}
-	if n < len(lines) {
-		part, longest = encodeUpdate(nil, lines[:n], lineBytes)
-		rest, _ = encodeUpdate(doc, lines[n:], 0)
-		return part, rest, n, longest
-	}
-	if raw, ok := doc["activity"]; ok && lineBytes > 0 {
-		var act string
-		json.Unmarshal(raw, &act)
-		doc = maps.Clone(doc)
-		doc["activity"] = appendJSONString(nil, []byte(cutText(act, lineBytes)))
-	}
-	part, longest = encodeUpdate(doc, lines, lineBytes)
-	if raw, ok := doc["activity"]; ok {
-		longest = max(longest, len(raw)-2)
-	}
-	return part, nil, n, longest
-}
-
-// encodeUpdate is the JSON object of doc's fields, keys sorted, plus lines
-// (each cut to lineBytes unless 0) as its log; it also returns the longest
-// line as encoded.
-func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int) ([]byte, int) {
-	var text []byte
-	longest := 0
-	for i, l := range lines {
-		if lineBytes > 0 {
-			l = cutText(l, lineBytes)
-		}
-		if i > 0 {
-			text = append(text, '\n')
-		}
-		text = append(text, l...)
-		longest = max(longest, len(l))
-	}
-	keys := slices.Sorted(maps.Keys(doc))
-	out := []byte{'{'}
-	for _, k := range keys {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = appendJSONString(out, []byte(k))
-		out = append(append(out, ':'), doc[k]...)
-	}
-	if len(lines) > 0 {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = appendJSONString(append(out, `"log":`...), text)
-	}
-	return append(out, '}'), longest
-}
-
-// cutText cuts s, valid UTF-8, to about n bytes, with a marker saying how
-// much went.
-func cutText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
 }

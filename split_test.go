@@ -140,7 +140,7 @@ func TestSplitStress(t *testing.T) {
 	// escape-heavy lines, some single lines longer than the limit.
 	gen := rand.New(rand.NewPCG(seed, 3))
 	line, total := 0, 0
-	tx, err := q.db.Begin() // one commit for all: the test is about delivery
+	tx, err := q.st.db.Begin() // one commit for all: the test is about delivery
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestSplitRowBecomesTheRest(t *testing.T) {
 	}
 	var rest []byte
 	waitFor(t, 10*time.Second, "the row to become the rest", func() bool {
-		q.db.QueryRow(`SELECT payload FROM task_updates`).Scan(&rest)
+		q.st.db.QueryRow(`SELECT payload FROM task_updates`).Scan(&rest)
 		return !bytes.Equal(rest, payload)
 	})
 	var doc taskUpdate
