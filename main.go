@@ -150,41 +150,16 @@ func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options,
 		return exitFailure
 	}
 	defer release()
-	if cfg.ManagerURL == "" {
-		found, err := discoverManager(runCtx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
-		if runCtx.Err() != nil {
-			return exitOK // stopped while looking for the Manager
-		}
-		if err != nil {
-			logger.Error("cannot find the Manager", "err", err)
-			return exitFailure
-		}
-		cfg.ManagerURL = found // kept in memory only, as in the Python worker
+	w, code := setUp(runCtx, cfg, opts, logger)
+	if w == nil {
+		return code
 	}
-	q, err := openQueue(cfg.TaskUpdateQueueDB, logger, cfg.Tuning.updateBackoff)
-	if err != nil {
-		logger.Error("cannot open the task update queue", "err", err)
-		return exitFailure
-	}
-	reapOrphan(cfg.SubprocessPIDFile, logger)
-	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
-	if err != nil {
-		q.close()
-		logger.Error("configuration error: cannot set up the Manager connection", "err", err)
-		return exitConfig
-	}
-	out := make(chan outgoing, 4)
-	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), out, logger)
-	w.single = opts.single
-	w.live = newLiveness(cfg.Tuning.testHooks.beat)
-	q.live = w.live
 	sig.attach(w)
-
 	done := make(chan int, 1)
 	go func() { done <- w.serve(runCtx, stop, opts) }() // ends after the shutdown sequence
 	select {
 	case code := <-done:
-		q.close()
+		w.q.close()
 		return code
 	case <-sig.forced:
 		// The queue stays open: the shutdown sequence may still be using it
@@ -193,6 +168,40 @@ func serve(ctx context.Context, sigs chan os.Signal, cfg *Config, opts *options,
 		logger.Warn("second signal: exiting at once")
 		return exitFailure
 	}
+}
+
+// setUp finds the Manager if no manager_url is set, opens the queue, reaps
+// an orphan of a crashed run and builds the worker; without a worker, the
+// exit code says why.
+func setUp(ctx context.Context, cfg *Config, opts *options, logger *slog.Logger) (*worker, int) {
+	if cfg.ManagerURL == "" {
+		found, err := discoverManager(ctx, cfg.Tuning.ssdpTargets, 5, time.Second, logger)
+		if ctx.Err() != nil {
+			return nil, exitOK // stopped while looking for the Manager
+		}
+		if err != nil {
+			logger.Error("cannot find the Manager", "err", err)
+			return nil, exitFailure
+		}
+		cfg.ManagerURL = found // kept in memory only, as in the Python worker
+	}
+	q, err := openQueue(cfg.TaskUpdateQueueDB, logger, cfg.Tuning.updateBackoff)
+	if err != nil {
+		logger.Error("cannot open the task update queue", "err", err)
+		return nil, exitFailure
+	}
+	reapOrphan(cfg.SubprocessPIDFile, logger)
+	mgr, err := newManager(cfg, cfg.ManagerURL, workerVersion(), logger)
+	if err != nil {
+		q.close()
+		logger.Error("configuration error: cannot set up the Manager connection", "err", err)
+		return nil, exitConfig
+	}
+	w := newWorker(cfg, mgr, q, newRunEnv(cfg, logger), make(chan outgoing, 4), logger)
+	w.single = opts.single
+	w.live = newLiveness(cfg.Tuning.testHooks.beat)
+	q.live = w.live
+	return w, exitOK
 }
 
 // serve signs on, runs the loop and shuts down cleanly.
