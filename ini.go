@@ -121,6 +121,23 @@ func (f *iniFile) lookup(section, key string) *iniEntry {
 	return f.byName[defaultSection].get(key)
 }
 
+// eachValue calls fn with every entry of section (not DEFAULT's) and its
+// expanded value, in order, up to the first error.
+func (f *iniFile) eachValue(section string, fn func(e *iniEntry, v string) error) error {
+	if s := f.byName[section]; s != nil {
+		for _, e := range s.entries {
+			v, err := f.expand(section, e)
+			if err == nil {
+				err = fn(e, v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // iniParser holds the state of parseINI between lines.
 type iniParser struct {
 	f      *iniFile
