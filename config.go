@@ -88,14 +88,13 @@ type configKey struct {
 	zeroOK bool                // numbers: whether 0 is allowed (negative never is)
 	check  func(string) error  // strings: extra validation
 	secret bool                // hidden in writeEffective
-	// min and max bound a number (seconds for a duration); 0 means no
-	// bound. A zeroOK key may also be 0 (off, or "at once").
-	min, max float64
+	max    float64             // numbers: the largest allowed (seconds for a duration), or 0
 }
 
 // Bounds of the time keys: a loop that talks to the Manager must not spin
 // (may_i_run_interval_seconds = 0.000000001 once sent 2,700 requests a
-// second), and a delay of years is a typo.
+// second), and a delay of years is a typo. A zeroOK key may also be 0
+// (off, or "at once").
 const (
 	minSeconds = 0.1
 	hour       = 3600.0
@@ -110,31 +109,31 @@ func configKeys() []configKey {
 		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
 		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
 		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
-		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }, min: minSeconds, max: hour},
+		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }, max: hour},
 		{name: credIDKey, field: func(c *Config) any { return &c.WorkerID }},
 		{name: credSecretKey, field: func(c *Config) any { return &c.WorkerSecret }, secret: true},
 		{name: "worker_registration_secret", field: func(c *Config) any { return &c.WorkerRegistrationSecret }, secret: true},
-		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
+		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true, max: hour},
 		{name: "push_log_max_entries", field: func(c *Config) any { return &c.PushLogMaxEntries }, zeroOK: true, max: 100000},
-		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
-		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true, min: minSeconds, max: 30 * day},
-		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true, min: minSeconds, max: 365 * day},
-		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }, min: minSeconds, max: day},
+		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true, max: hour},
+		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true, max: 30 * day},
+		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true, max: 365 * day},
+		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }, max: day},
 		{name: "manager_ca_file", field: func(c *Config) any { return &c.ManagerCAFile }},
 		// What were constants in the Python worker (spec/python-worker.md §6.10).
-		{name: "kill_grace_seconds", field: func(c *Config) any { return &c.Tuning.killGrace }, min: minSeconds, max: 60},
-		{name: "fetch_empty_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchEmpty }, min: minSeconds, max: hour},
-		{name: "fetch_error_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchFailed }, min: minSeconds, max: hour},
-		{name: "asleep_poll_interval_seconds", field: func(c *Config) any { return &c.Tuning.asleepPoll }, min: minSeconds, max: hour},
-		{name: "register_retry_seconds", field: func(c *Config) any { return &c.Tuning.registerRetry }, min: minSeconds, max: hour},
+		{name: "kill_grace_seconds", field: func(c *Config) any { return &c.Tuning.killGrace }, max: 60},
+		{name: "fetch_empty_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchEmpty }, max: hour},
+		{name: "fetch_error_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchFailed }, max: hour},
+		{name: "asleep_poll_interval_seconds", field: func(c *Config) any { return &c.Tuning.asleepPoll }, max: hour},
+		{name: "register_retry_seconds", field: func(c *Config) any { return &c.Tuning.registerRetry }, max: hour},
 		{name: "queue_size_threshold", field: func(c *Config) any { return &c.Tuning.queueLimit }, zeroOK: true, max: 100000},
-		{name: "update_backoff_min_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.min }, min: minSeconds, max: hour},
-		{name: "update_backoff_max_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.max }, min: minSeconds, max: day},
-		{name: "http_connect_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.connect }, min: minSeconds, max: 300},
-		{name: "http_response_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.header }, min: minSeconds, max: 300},
-		{name: "http_idle_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.idle }, min: minSeconds, max: 300},
-		{name: "output_produced_interval_seconds", field: func(c *Config) any { return &c.Tuning.outputWindow }, min: minSeconds, max: hour},
-		{name: "blend_file_wait_seconds", field: func(c *Config) any { return &c.Tuning.fileWait }, zeroOK: true, min: minSeconds, max: 600},
+		{name: "update_backoff_min_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.min }, max: hour},
+		{name: "update_backoff_max_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.max }, max: day},
+		{name: "http_connect_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.connect }, max: 300},
+		{name: "http_response_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.header }, max: 300},
+		{name: "http_idle_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.idle }, max: 300},
+		{name: "output_produced_interval_seconds", field: func(c *Config) any { return &c.Tuning.outputWindow }, max: hour},
+		{name: "blend_file_wait_seconds", field: func(c *Config) any { return &c.Tuning.fileWait }, zeroOK: true, max: 600},
 	}
 }
 
@@ -171,27 +170,27 @@ func (k configKey) set(c *Config, v string) error {
 			return fmt.Errorf("must not be negative, not %d", n)
 		}
 		*p = n
-		return k.inBounds(float64(n), v, "")
+		return k.inBounds(float64(n), 0, v, "")
 	case *time.Duration:
 		d, err := parseSeconds(v, k.zeroOK)
 		if err != nil {
 			return err
 		}
 		*p = d
-		return k.inBounds(d.Seconds(), v, " seconds")
+		return k.inBounds(d.Seconds(), minSeconds, v, " seconds")
 	}
 	return nil
 }
 
-// inBounds checks a number against the key's min and max; a zeroOK key's
+// inBounds checks a number against min and the key's max; a zeroOK key's
 // 0 is always fine.
-func (k configKey) inBounds(f float64, v, unit string) error {
+func (k configKey) inBounds(f, min float64, v, unit string) error {
 	switch {
 	case f == 0 && k.zeroOK:
-	case f < k.min && k.zeroOK:
-		return fmt.Errorf("must be 0 or at least %s%s, not %s", formatNumber(k.min), unit, v)
-	case f < k.min:
-		return fmt.Errorf("must be at least %s%s, not %s", formatNumber(k.min), unit, v)
+	case f < min && k.zeroOK:
+		return fmt.Errorf("must be 0 or at least %s%s, not %s", formatNumber(min), unit, v)
+	case f < min:
+		return fmt.Errorf("must be at least %s%s, not %s", formatNumber(min), unit, v)
 	case k.max > 0 && f > k.max:
 		return fmt.Errorf("must be at most %s%s, not %s", formatNumber(k.max), unit, v)
 	}
@@ -290,7 +289,7 @@ func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*
 	if homeDir != "" {
 		cfg.HomeConfig = filepath.Join(homeDir, homeConfigName)
 	}
-	merged := builtinINI(&cfg)
+	merged, edits := builtinINI(&cfg), []func(*iniEntry) bool{nil, instanceCredentials(section)}
 	for i, path := range []string{cmp.Or(cfgFile, cwdConfigName), cfg.HomeConfig} {
 		f, err := readINIFile(path, i == 0 && cfgFile != "")
 		if err != nil {
@@ -301,10 +300,7 @@ func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*
 		}
 		warnUnknown(f, warn)
 		warnReadableSecret(f, path, warn)
-		if i == 1 && section != workerSection {
-			f = f.withCredentialsFrom(section)
-		}
-		merged.merge(f)
+		merged.merge(f, edits[i])
 		cfg.LoadedFiles = append(cfg.LoadedFiles, path)
 	}
 	warnTaskTypesAlias(merged, warn)

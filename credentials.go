@@ -249,22 +249,19 @@ func flock(f *os.File, how int) error {
 	}
 }
 
-// withCredentialsFrom returns f with the credentials of [flamenco-worker]
-// replaced by those of section: the home file's other [flamenco-worker] keys
-// apply to every instance, its credentials to the default instance only.
-func (f *iniFile) withCredentialsFrom(section string) *iniFile {
-	g := newINIFile()
-	for _, s := range f.sections {
-		g.addSection(s.name, s.file, s.line)
+// instanceCredentials edits the home file's assignments for the instance
+// of section (nil for the default instance): its other [flamenco-worker]
+// keys apply to every instance, its credentials to the default one only.
+func instanceCredentials(section string) func(e *iniEntry) bool {
+	if section == workerSection {
+		return nil
 	}
-	for _, e := range f.raw {
-		if isCredentialKey(e.key) && e.section == workerSection {
-			continue
-		}
+	return func(e *iniEntry) bool {
 		if isCredentialKey(e.key) && e.section == section {
 			e.section = workerSection
+		} else if isCredentialKey(e.key) && e.section == workerSection {
+			return false
 		}
-		g.add(e)
+		return true
 	}
-	return g
 }

@@ -30,7 +30,6 @@ type iniEntry struct {
 	file    string
 	line    int  // line of the "key = value" line
 	end     int  // last line of the value, continuation lines included
-	seq     int  // order of assignment over all merged files
 	builtin bool // a built-in default, not from any file
 }
 
@@ -64,7 +63,6 @@ type iniFile struct {
 	sections []*iniSection // in order of first appearance, DEFAULT included
 	byName   map[string]*iniSection
 	raw      []iniEntry // every assignment in file order, duplicates included
-	seq      int
 }
 
 func newINIFile() *iniFile {
@@ -87,8 +85,6 @@ func (f *iniFile) addSection(name, file string, line int) *iniSection {
 // the value but keeps the key's position.
 func (f *iniFile) add(e iniEntry) {
 	f.raw = append(f.raw, e)
-	f.seq++
-	e.seq = f.seq
 	s := f.addSection(e.section, e.file, e.line)
 	k := strings.ToLower(e.key)
 	if old := s.index[k]; old != nil {
@@ -99,13 +95,16 @@ func (f *iniFile) add(e iniEntry) {
 	s.index[k] = &e
 }
 
-// merge lays g over f: g's assignments win.
-func (f *iniFile) merge(g *iniFile) {
+// merge lays g over f: g's assignments win. edit, if not nil, may change
+// each of g's assignments first, or drop it (by returning false).
+func (f *iniFile) merge(g *iniFile, edit func(e *iniEntry) bool) {
 	for _, s := range g.sections {
 		f.addSection(s.name, s.file, s.line)
 	}
 	for _, e := range g.raw {
-		f.add(e)
+		if edit == nil || edit(&e) {
+			f.add(e)
+		}
 	}
 }
 
@@ -274,42 +273,38 @@ type expander struct {
 // from e.section when e comes from DEFAULT.
 func (f *iniFile) expand(section string, e *iniEntry) (string, error) {
 	x := &expander{f: f}
-	if err := x.expand(section, e, e.value, 1); err != nil {
+	if err := x.expand(section, e, 1); err != nil {
 		return "", err
 	}
 	return x.b.String(), nil
 }
 
-func (x *expander) expand(section string, e *iniEntry, rest string, depth int) error {
+func (x *expander) expand(section string, e *iniEntry, depth int) error {
 	if depth > maxInterpolationDepth {
 		return e.errorf("%s: more than %d levels of ${...} references (a reference loop?)", e.key, maxInterpolationDepth)
 	}
+	rest := e.value
 	for {
 		i := strings.IndexByte(rest, '$')
 		if i < 0 {
 			return x.write(e, rest)
 		}
-		if err := x.write(e, rest[:i]); err != nil {
-			return err
-		}
+		err := x.write(e, rest[:i])
 		rest = rest[i:]
+		end := strings.IndexByte(rest, '}')
 		switch {
+		case err != nil:
 		case strings.HasPrefix(rest, "$$"):
-			if err := x.write(e, "$"); err != nil {
-				return err
-			}
-			rest = rest[2:]
-		case strings.HasPrefix(rest, "${"):
-			end := strings.IndexByte(rest, '}')
-			if end < 3 {
-				return e.errorf("%s: bad reference %s: want ${key} or ${section:key}", e.key, clip(rest))
-			}
-			if err := x.reference(section, e, rest[2:end], depth); err != nil {
-				return err
-			}
-			rest = rest[end+1:]
-		default:
+			err, rest = x.write(e, "$"), rest[2:]
+		case !strings.HasPrefix(rest, "${"):
 			return e.errorf("%s: '$' must be followed by '$' or '{', found %s (write $$ for a literal $)", e.key, clip(rest))
+		case end < 3:
+			return e.errorf("%s: bad reference %s: want ${key} or ${section:key}", e.key, clip(rest))
+		default:
+			err, rest = x.reference(section, e, rest[2:end], depth), rest[end+1:]
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -342,19 +337,15 @@ func (x *expander) reference(section string, e *iniEntry, ref string, depth int)
 	if !strings.Contains(target.value, "$") {
 		return x.write(e, target.value) // as configparser, which counts depth only for values it must expand
 	}
-	return x.expand(sect, target, target.value, depth+1)
+	return x.expand(sect, target, depth+1)
 }
 
 // writeINILine writes "key = value" so that parseINI reads value back.
 func writeINILine(b *strings.Builder, key, value string) {
-	b.WriteString(key)
-	if value == "" {
-		b.WriteString(" =\n")
-		return
+	if value != "" {
+		value = " " + strings.ReplaceAll(escapeINI(value), "\n", "\n\t")
 	}
-	b.WriteString(" = ")
-	b.WriteString(strings.ReplaceAll(escapeINI(value), "\n", "\n\t"))
-	b.WriteByte('\n')
+	b.WriteString(key + " =" + value + "\n")
 }
 
 // escapeINI protects a literal value from interpolation.
