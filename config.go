@@ -304,16 +304,11 @@ func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*
 		cfg.LoadedFiles = append(cfg.LoadedFiles, path)
 	}
 	warnTaskTypesAlias(merged, warn)
-	if err := cfg.apply(merged); err != nil {
-		return nil, err
-	}
-	if b := cfg.Tuning.updateBackoff; b.max < b.min {
-		e := merged.lookup(workerSection, "update_backoff_max_seconds")
-		if e.builtin {
-			e = merged.lookup(workerSection, "update_backoff_min_seconds")
+	cfg.Logging = parseLogging(merged)
+	for _, apply := range []func(*iniFile) error{cfg.applyWorker, cfg.applyPreTaskChecks, cfg.applyEnvironment} {
+		if err := apply(merged); err != nil {
+			return nil, err
 		}
-		return nil, e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
-			e.key, formatNumber(b.max.Seconds()), formatNumber(b.min.Seconds()))
 	}
 	return &cfg, nil
 }
@@ -402,17 +397,7 @@ func knownSection(name string) bool {
 	return false
 }
 
-// apply sets c from the merged files.
-func (c *Config) apply(f *iniFile) error {
-	c.Logging = parseLogging(f)
-	for _, apply := range []func(*iniFile) error{c.applyWorker, c.applyPreTaskChecks, c.applyEnvironment} {
-		if err := apply(f); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
+// applyWorker sets c from [flamenco-worker].
 func (c *Config) applyWorker(f *iniFile) error {
 	sec := f.byName[workerSection]
 	for _, k := range configKeys() {
@@ -430,6 +415,14 @@ func (c *Config) applyWorker(f *iniFile) error {
 		if err := k.set(c, v); err != nil {
 			return e.errorf("%s: %w", e.key, err)
 		}
+	}
+	if b := c.Tuning.updateBackoff; b.max < b.min {
+		e := sec.get("update_backoff_max_seconds")
+		if e.builtin {
+			e = sec.get("update_backoff_min_seconds")
+		}
+		return e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
+			e.key, formatNumber(b.max.Seconds()), formatNumber(b.min.Seconds()))
 	}
 	return nil
 }
