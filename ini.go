@@ -12,12 +12,10 @@ import (
 const (
 	defaultSection = "DEFAULT"
 
-	// maxInterpolationDepth is Python configparser's MAX_INTERPOLATION_DEPTH:
-	// a reference loop becomes an error instead of a hang.
+	// configparser's MAX_INTERPOLATION_DEPTH: a reference loop is an error.
 	maxInterpolationDepth = 10
-	// maxInterpolationRefs and maxExpandedLen bound the work for one value,
-	// so that keys referencing each other many times ("billion laughs")
-	// cannot make loading take forever. Real values are far smaller.
+	// Bounds on the work for one value, so that keys referencing each other
+	// many times ("billion laughs") cannot make loading take forever.
 	maxInterpolationRefs = 1000
 	maxExpandedLen       = 64 << 10
 )
@@ -33,7 +31,6 @@ type iniEntry struct {
 	builtin bool // a built-in default, not from any file
 }
 
-// errorf returns an error located at e's file and line.
 func (e *iniEntry) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s:%d: "+format, append([]any{e.file, e.line}, args...)...)
 }
@@ -49,8 +46,8 @@ type iniSection struct {
 	index   map[string]*iniEntry
 }
 
-// get returns the section's own entry for key (not DEFAULT's), or nil,
-// also when the section does not exist (s is nil).
+// get returns the section's own entry for key (not DEFAULT's), or nil
+// (also when s is nil).
 func (s *iniSection) get(key string) *iniEntry {
 	if s == nil {
 		return nil
@@ -137,13 +134,11 @@ func (f *iniFile) eachValue(section string, fn func(e *iniEntry, v string) error
 	return nil
 }
 
-// iniParser holds the state of parseINI between lines.
 type iniParser struct {
 	f      *iniFile
 	name   string
 	sect   *iniSection // nil before the first section header
 	cur    *iniEntry   // the assignment continuation lines would extend
-	parts  []string    // value lines of cur
 	indent int         // indentation of cur's key line
 }
 
@@ -182,7 +177,7 @@ func (p *iniParser) line(n int, line string) error {
 		// Blank lines belong to a multi-line value if one follows; trailing
 		// ones are trimmed in flush.
 		if p.cur != nil {
-			p.parts = append(p.parts, "")
+			p.cur.value += "\n"
 		}
 		return nil
 	case text[0] == '#' || text[0] == ';':
@@ -190,7 +185,7 @@ func (p *iniParser) line(n int, line string) error {
 	}
 	indent := len(line) - len(strings.TrimLeftFunc(line, unicode.IsSpace))
 	if p.cur != nil && indent > p.indent {
-		p.parts = append(p.parts, text)
+		p.cur.value += "\n" + text
 		p.cur.end = n
 		return nil
 	}
@@ -230,8 +225,7 @@ func (p *iniParser) assignment(n int, text string, indent int) error {
 	if key == "" {
 		return p.errorf(n, "missing key before %q", text[i])
 	}
-	p.cur = &iniEntry{section: p.sect.name, key: key, file: p.name, line: n, end: n}
-	p.parts = []string{strings.TrimSpace(text[i+1:])}
+	p.cur = &iniEntry{section: p.sect.name, key: key, value: strings.TrimSpace(text[i+1:]), file: p.name, line: n, end: n}
 	p.indent = indent
 	return nil
 }
@@ -241,10 +235,10 @@ func (p *iniParser) flush() {
 	if p.cur == nil {
 		return
 	}
-	p.cur.value = strings.TrimRightFunc(strings.Join(p.parts, "\n"), unicode.IsSpace)
+	p.cur.value = strings.TrimRightFunc(p.cur.value, unicode.IsSpace)
 	p.f.add(*p.cur)
 	p.sect.last = p.cur.end
-	p.cur, p.parts = nil, nil
+	p.cur = nil
 }
 
 // clip quotes s for an error message, shortened if long.
@@ -309,7 +303,6 @@ func (x *expander) expand(section string, e *iniEntry, depth int) error {
 	}
 }
 
-// write adds text from e's value to the result.
 func (x *expander) write(e *iniEntry, text string) error {
 	if x.b.Len()+len(text) > maxExpandedLen {
 		return e.errorf("%s: ${...} references expand to more than %d bytes", e.key, maxExpandedLen)
