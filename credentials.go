@@ -81,9 +81,12 @@ func credentialsWritable(homeFile, section string) error {
 }
 
 // storeCredentials rewrites homeFile, following a symlink so that a
-// symlinked dotfile stays one, under a lock on its directory: workers
+// symlinked dotfile stays one, holding a flock on its directory: workers
 // sharing a home file (each with its own section) must not lose each
-// other's credentials in concurrent read-modify-write cycles.
+// other's credentials in concurrent read-modify-write cycles. The lock is
+// brief, so waiting for it is fine; where a directory cannot be locked (NFS
+// emulates flock with POSIX locks, which need a file open for writing),
+// the rewrite goes on unlocked.
 func storeCredentials(homeFile, section, workerID, secret string, probe bool) error {
 	if homeFile == "" {
 		return errors.New("no home config file (is $HOME set?)")
@@ -92,34 +95,39 @@ func storeCredentials(homeFile, section, workerID, secret string, probe bool) er
 	if real, err := filepath.EvalSymlinks(homeFile); err == nil {
 		path = real
 	}
-	return withDirLock(filepath.Dir(path), func() error {
-		old, err := os.ReadFile(path)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		text, err := setSectionCredentials(string(old), homeFile, section, workerID, secret)
-		if err != nil {
-			return err
-		}
-		tmp, err := writeTemp(path, []byte(text))
-		switch {
-		case err != nil && probe:
+	cannotWrite := func(err error) error {
+		if probe {
 			return fmt.Errorf("cannot write in the directory of %s: %w", path, err)
-		case err != nil:
-			return err
-		case probe:
-			return os.Remove(tmp)
 		}
-		if err := os.Rename(tmp, path); err != nil {
-			os.Remove(tmp)
-			return err
-		}
-		if d, err := os.Open(filepath.Dir(path)); err == nil {
-			d.Sync() // makes the rename durable; some file systems refuse, the rename happened anyway
-			d.Close()
-		}
-		return nil
-	})
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return cannotWrite(err)
+	}
+	defer dir.Close()
+	flock(dir, syscall.LOCK_EX)
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	text, err := setSectionCredentials(string(old), homeFile, section, workerID, secret)
+	if err != nil {
+		return err
+	}
+	tmp, err := writeTemp(path, []byte(text))
+	switch {
+	case err != nil:
+		return cannotWrite(err)
+	case probe:
+		return os.Remove(tmp)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	dir.Sync() // makes the rename durable; some file systems refuse, but the rename happened anyway
+	return nil
 }
 
 // setSectionCredentials returns text with the credentials set in section:
@@ -224,20 +232,6 @@ func writeTemp(path string, data []byte) (string, error) {
 		return "", err
 	}
 	return tmp.Name(), nil
-}
-
-// withDirLock runs fn holding an exclusive flock on directory dir (briefly:
-// waiting for it is fine). Where a directory cannot be locked (NFS emulates
-// flock with POSIX locks, which need a file open for writing), fn runs
-// unlocked.
-func withDirLock(dir string, fn func() error) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	flock(d, syscall.LOCK_EX)
-	return fn()
 }
 
 // flock is syscall.Flock, repeated when a signal interrupts it.

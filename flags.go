@@ -104,19 +104,17 @@ func parseFlags(args []string) (*options, error) {
 	words := make([]flagArg, len(args))
 	// Like argparse, classify every word before acting on any, so that an
 	// ambiguous option is an error wherever it is.
-	ended := false
 	for i, a := range args {
-		switch {
-		case ended:
-			words[i] = flagArg{word: a, positional: true}
-		case a == "--":
-			words[i], ended = flagArg{word: a}, true
-		default:
-			w, err := classify(specs, a)
-			if err != nil {
-				return nil, err
+		if a == "--" {
+			for j := i + 1; j < len(args); j++ {
+				words[j] = flagArg{word: args[j], positional: true}
 			}
-			words[i] = w
+			words[i] = flagArg{word: a}
+			break
+		}
+		var err error
+		if words[i], err = classify(specs, a); err != nil {
+			return nil, err
 		}
 	}
 	var extras []string
