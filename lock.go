@@ -18,20 +18,6 @@ import (
 // worker gets its own (both for the error message).
 type instanceLock struct{ path, what, advice string }
 
-// lockHeldError is a lock taken by another live process.
-type lockHeldError struct {
-	lock instanceLock
-	pid  int // 0 if the other process had not written its PID yet
-}
-
-func (e *lockHeldError) Error() string {
-	who := "another worker"
-	if e.pid > 0 {
-		who = fmt.Sprintf("another worker (pid %d)", e.pid)
-	}
-	return fmt.Sprintf("%s already uses %s; %s", who, e.lock.what, e.lock.advice)
-}
-
 // instanceLocks lists what this worker process must have to itself: its
 // identity (the credentials section of the home file), its task update
 // queue and its subprocess PID file (whose process a second worker would
@@ -71,32 +57,35 @@ func takeInstanceLocks(cfg *Config, logger *slog.Logger) (release func(), err er
 		}
 	}
 	for _, l := range instanceLocks(cfg) {
-		f, err := lockFile(l)
-		var busy *lockHeldError
+		f, busy, err := lockFile(l)
 		switch {
-		case errors.As(err, &busy):
+		case busy:
 			release()
 			return nil, err
 		case err != nil:
 			logger.Warn("cannot take a lock file; nothing stops a second worker from using the same "+strings.TrimPrefix(l.what, "the "), "lock_file", l.path, "err", err)
-			continue
+		default:
+			held = append(held, f)
 		}
-		held = append(held, f)
 	}
 	return release, nil
 }
 
-// lockFile takes an exclusive flock on l.path and writes our PID into it.
-// The file descriptor is close-on-exec, so no child inherits the lock.
-func lockFile(l instanceLock) (*os.File, error) {
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
+// lockFile takes an exclusive flock on l.path and writes our PID into it;
+// busy means another live process holds it. The file descriptor is
+// close-on-exec, so no child inherits the lock.
+func lockFile(l instanceLock) (f *os.File, busy bool, err error) {
+	if f, err = os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, false, err
 	}
 	err = flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
 	if errors.Is(err, syscall.EWOULDBLOCK) {
 		defer f.Close()
-		return nil, &lockHeldError{lock: l, pid: lockOwner(f)}
+		who := "another worker"
+		if pid := lockOwner(f); pid > 0 { // 0 if it had not written its PID yet
+			who = fmt.Sprintf("another worker (pid %d)", pid)
+		}
+		return nil, true, fmt.Errorf("%s already uses %s; %s", who, l.what, l.advice)
 	}
 	if err == nil {
 		err = f.Truncate(0)
@@ -106,9 +95,9 @@ func lockFile(l instanceLock) (*os.File, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, false, err
 	}
-	return f, nil
+	return f, false, nil
 }
 
 // lockOwner reads the PID the lock's holder wrote; a holder that has just
