@@ -153,35 +153,31 @@ func setSectionCredentials(text, name, section, workerID, secret string) (string
 	if text != "" && !strings.HasSuffix(text, "\n") {
 		text += nl
 	}
-	lines := strings.SplitAfter(text, "\n")
-	lines = lines[:len(lines)-1]
-	var missing []string
-	for _, k := range []string{credIDKey, credSecretKey} {
-		found := false
-		for _, e := range f.raw {
-			if e.section == section && strings.ToLower(e.key) == k {
-				found = true
-				lines[e.line-1] = leadingSpace(lines[e.line-1]) + e.key + " = " + want[k] + nl
-				clear(lines[e.line:e.end]) // its continuation lines
-			}
-		}
-		if !found {
-			missing = append(missing, k+" = "+want[k]+nl)
+	lines := strings.SplitAfter(text, "\n") // the last one empty
+	missing := []string{credIDKey, credSecretKey}
+	for _, e := range f.raw {
+		if k := strings.ToLower(e.key); e.section == section && isCredentialKey(k) {
+			lines[e.line-1] = leadingSpace(lines[e.line-1]) + e.key + " = " + want[k] + nl
+			clear(lines[e.line:e.end]) // its continuation lines
+			missing = slices.DeleteFunc(missing, func(m string) bool { return m == k })
 		}
 	}
-	if s := f.byName[section]; s != nil {
-		out := slices.Clone(lines[:s.last])
-		for _, m := range missing {
-			out = append(out, leadingSpace(lines[s.last-1])+m)
+	assignments := func(indent string) (add []string) {
+		for _, k := range missing {
+			add = append(add, indent+k+" = "+want[k]+nl)
 		}
-		if out := strings.Join(append(out, lines[s.last:]...), ""); credentialsSet(f, out, name, section, want) {
+		return add
+	}
+	if s := f.byName[section]; s != nil {
+		out := slices.Insert(slices.Clone(lines), s.last, assignments(leadingSpace(lines[s.last-1]))...)
+		if out := strings.Join(out, ""); credentialsSet(f, out, name, section, want) {
 			return out, nil
 		}
 	}
-	if len(lines) > 0 {
+	if text != "" {
 		lines = append(lines, nl) // a blank line before the new block
 	}
-	return strings.Join(slices.Concat(lines, []string{"[" + section + "]" + nl}, missing), ""), nil
+	return strings.Join(slices.Concat(lines, []string{"[" + section + "]" + nl}, assignments("")), ""), nil
 }
 
 // credentialsSet reports whether out has the wanted credentials in section
