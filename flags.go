@@ -88,7 +88,6 @@ func flagSpecs(o *options) []*flagSpec {
 type flagArg struct {
 	word       string
 	spec       *flagSpec
-	name       string  // the option string matched, e.g. "-v" or "--verbose"
 	explicit   *string // text after "=" or after a short option's letter
 	positional bool
 }
@@ -140,12 +139,11 @@ func parseFlags(args []string) (*options, error) {
 // consume applies the option at words[i] (with its glued short flags or
 // value) and returns the index of the last word it used.
 func consume(specs []*flagSpec, words []flagArg, i int) (int, error) {
-	spec, name, explicit := words[i].spec, words[i].name, words[i].explicit
+	spec, explicit := words[i].spec, words[i].explicit
 	for explicit != nil && spec.val == nil {
 		var next *flagSpec // a short flag with letters after it: they are more short options
-		if !strings.HasPrefix(name, "--") && *explicit != "" {
-			name = "-" + (*explicit)[:1]
-			next = findExact(specs, name)
+		if !strings.HasPrefix(words[i].word, "--") && *explicit != "" {
+			next = findExact(specs, "-"+(*explicit)[:1])
 		}
 		if next == nil {
 			return i, fmt.Errorf("argument %s: ignored explicit argument '%s'", spec.names(), *explicit)
@@ -183,41 +181,31 @@ func findExact(specs []*flagSpec, name string) *flagSpec {
 
 // classify is argparse's _parse_optional for one word.
 func classify(specs []*flagSpec, a string) (flagArg, error) {
-	if len(a) < 2 || a[0] != '-' {
-		return flagArg{word: a, positional: true}, nil
-	}
-	if s := findExact(specs, a); s != nil {
-		return flagArg{word: a, spec: s, name: a}, nil
-	}
+	w := flagArg{word: a, positional: len(a) < 2 || a[0] != '-'}
 	before, after, hasValue := strings.Cut(a, "=")
-	if s := findExact(specs, before); s != nil {
-		return flagArg{word: a, spec: s, name: before, explicit: &after}, nil
+	if hasValue {
+		w.explicit = &after
 	}
-	var matches []flagArg
-	var names []string
+	if w.positional {
+		return w, nil
+	}
+	if w.spec = findExact(specs, before); w.spec != nil {
+		return w, nil
+	}
+	var matches []string
 	for _, s := range specs {
-		m := flagArg{word: a, spec: s, name: s.long}
-		switch {
-		case strings.HasPrefix(a, "--") && strings.HasPrefix(s.long, before):
-			if hasValue {
-				m.explicit = &after
-			}
-		case !strings.HasPrefix(a, "--") && s.short == a[:2]:
+		if strings.HasPrefix(a, "--") && strings.HasPrefix(s.long, before) {
+			matches, w.spec = append(matches, s.long), s
+		} else if !strings.HasPrefix(a, "--") && s.short == a[:2] {
 			rest := a[2:]
-			m.name, m.explicit = s.short, &rest
-		default:
-			continue
+			return flagArg{word: a, spec: s, explicit: &rest}, nil
 		}
-		matches, names = append(matches, m), append(names, m.name)
 	}
-	switch {
-	case len(matches) > 1:
-		return flagArg{}, fmt.Errorf("ambiguous option: %s could match %s", a, strings.Join(names, ", "))
-	case len(matches) == 1:
-		return matches[0], nil
+	if len(matches) > 1 {
+		return flagArg{}, fmt.Errorf("ambiguous option: %s could match %s", a, strings.Join(matches, ", "))
 	}
-	// argparse: a word with a space is a value, not an option.
-	return flagArg{word: a, positional: strings.Contains(a, " ")}, nil
+	w.positional = w.spec == nil && strings.Contains(a, " ") // argparse: a word with a space is a value
+	return w, nil
 }
 
 // Exit codes, as the Python worker's: 2 is argparse's usage error, 47 a
