@@ -310,6 +310,15 @@ func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*
 			return nil, err
 		}
 	}
+	if b := cfg.Tuning.updateBackoff; b.max < b.min {
+		sec := merged.byName[workerSection]
+		e := sec.get("update_backoff_max_seconds")
+		if e.builtin {
+			e = sec.get("update_backoff_min_seconds")
+		}
+		return nil, e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
+			e.key, formatNumber(b.max.Seconds()), formatNumber(b.min.Seconds()))
+	}
 	return &cfg, nil
 }
 
@@ -415,14 +424,6 @@ func (c *Config) applyWorker(f *iniFile) error {
 		if err := k.set(c, v); err != nil {
 			return e.errorf("%s: %w", e.key, err)
 		}
-	}
-	if b := c.Tuning.updateBackoff; b.max < b.min {
-		e := sec.get("update_backoff_max_seconds")
-		if e.builtin {
-			e = sec.get("update_backoff_min_seconds")
-		}
-		return e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
-			e.key, formatNumber(b.max.Seconds()), formatNumber(b.min.Seconds()))
 	}
 	return nil
 }
