@@ -139,12 +139,7 @@ func configKeys() []configKey {
 
 // isConfigKey reports whether key (lower-cased) belongs in [flamenco-worker].
 func isConfigKey(key string) bool {
-	for _, k := range configKeys() {
-		if k.name == key {
-			return true
-		}
-	}
-	return key == jobTypesKey
+	return key == jobTypesKey || slices.ContainsFunc(configKeys(), func(k configKey) bool { return k.name == key })
 }
 
 // set parses v into the key's Config field.
@@ -398,12 +393,9 @@ func knownSection(name string) bool {
 	case workerSection, checkSection, envSection, defaultSection, "loggers", "handlers", "formatters":
 		return true
 	}
-	for _, prefix := range []string{"logger_", "handler_", "formatter_", instancePrefix} {
-		if strings.HasPrefix(name, prefix) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc([]string{"logger_", "handler_", "formatter_", instancePrefix}, func(prefix string) bool {
+		return strings.HasPrefix(name, prefix)
+	})
 }
 
 // applyWorker sets c from [flamenco-worker].
