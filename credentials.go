@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -214,16 +215,8 @@ func writeTemp(path string, data []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err = tmp.Chmod(0o600); err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	write := func() error { _, err := tmp.Write(data); return err }
+	if err := cmp.Or(tmp.Chmod(0o600), write(), tmp.Sync(), tmp.Close()); err != nil { // each step runs; the first error counts
 		os.Remove(tmp.Name())
 		return "", err
 	}
