@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -35,31 +37,17 @@ type Config struct {
 	TaskTimeout       time.Duration
 	ErrorRetry        time.Duration
 	ManagerCAFile     string
+	Tuning            tuning
 
-	// Tuning holds the keys for what were constants in the Python worker:
-	// delays, timeouts and limits.
-	Tuning tuning
-
-	// Environment holds the [environment] section as "KEY=value" pairs, in
-	// file order; they are set in every subprocess's environment.
-	Environment []string
-
-	// PreTaskChecks holds the [pre_task_check] section, read checks first.
-	PreTaskChecks []preTaskCheck
-
-	// Logging holds what the Python logging sections ask for (logging.go).
-	Logging logConfig
+	Environment   []string       // [environment] as "KEY=value", in file order
+	PreTaskChecks []preTaskCheck // [pre_task_check], read checks first
+	Logging       logConfig      // the Python logging sections (logging.go)
 
 	// HomeConfig is where registration writes the credentials, in section
-	// CredSection: [flamenco-worker] for the default instance, or
-	// [flamenco-worker:<absolute --config path>] for one started with
-	// another --config file (see instanceSection).
+	// CredSection (see instanceSection).
 	HomeConfig  string
 	CredSection string
-
-	// LoadedFiles lists the config files that were read, in layer order, so
-	// the caller can log them as the Python worker does.
-	LoadedFiles []string
+	LoadedFiles []string // the config files read, in layer order
 }
 
 // preTaskCheck is one [pre_task_check] entry: a path that must be readable
@@ -87,16 +75,11 @@ func defaultConfig() Config {
 }
 
 const (
-	homeConfigName  = ".flamenco-worker.cfg"
-	checkSection    = "pre_task_check"
-	envSection      = "environment"
-	hiddenSecret    = "-hidden-"
-	jobTypesKey     = "job_types" // the seed README's name for task_types
-	builtinFileName = "(built-in defaults)"
+	homeConfigName = ".flamenco-worker.cfg"
+	checkSection   = "pre_task_check"
+	envSection     = "environment"
+	jobTypesKey    = "job_types" // the seed README's name for task_types
 )
-
-// ---------------------------------------------------------------------------
-// Config keys.
 
 // configKey describes one [flamenco-worker] key.
 type configKey struct {
@@ -105,14 +88,13 @@ type configKey struct {
 	zeroOK bool                // numbers: whether 0 is allowed (negative never is)
 	check  func(string) error  // strings: extra validation
 	secret bool                // hidden in writeEffective
-	// min and max bound a number (seconds for a duration); 0 means no
-	// bound. A zeroOK key may also be 0 (off, or "at once").
-	min, max float64
+	max    float64             // numbers: the largest allowed (seconds for a duration), or 0
 }
 
 // Bounds of the time keys: a loop that talks to the Manager must not spin
 // (may_i_run_interval_seconds = 0.000000001 once sent 2,700 requests a
-// second), and a delay of years is a typo.
+// second), and a delay of years is a typo. A zeroOK key may also be 0
+// (off, or "at once").
 const (
 	minSeconds = 0.1
 	hour       = 3600.0
@@ -123,49 +105,41 @@ const (
 // documents them, then ours.
 func configKeys() []configKey {
 	return []configKey{
-		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURLRedacted},
+		{name: "manager_url", field: func(c *Config) any { return &c.ManagerURL }, check: checkManagerURL},
 		{name: "task_types", field: func(c *Config) any { return &c.TaskTypes }},
 		{name: "task_update_queue_db", field: func(c *Config) any { return &c.TaskUpdateQueueDB }, check: checkNotEmpty},
 		{name: "subprocess_pid_file", field: func(c *Config) any { return &c.SubprocessPIDFile }},
-		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }, min: minSeconds, max: hour},
+		{name: "may_i_run_interval_seconds", field: func(c *Config) any { return &c.MayIRunInterval }, max: hour},
 		{name: credIDKey, field: func(c *Config) any { return &c.WorkerID }},
 		{name: credSecretKey, field: func(c *Config) any { return &c.WorkerSecret }, secret: true},
 		{name: "worker_registration_secret", field: func(c *Config) any { return &c.WorkerRegistrationSecret }, secret: true},
-		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
+		{name: "push_log_max_interval_seconds", field: func(c *Config) any { return &c.PushLogMaxInterval }, zeroOK: true, max: hour},
 		{name: "push_log_max_entries", field: func(c *Config) any { return &c.PushLogMaxEntries }, zeroOK: true, max: 100000},
-		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true, min: minSeconds, max: hour},
-		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true, min: minSeconds, max: 30 * day},
-		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true, min: minSeconds, max: 365 * day},
-		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }, min: minSeconds, max: day},
+		{name: "push_act_max_interval_seconds", field: func(c *Config) any { return &c.PushActMaxInterval }, zeroOK: true, max: hour},
+		{name: "subprocess_timeout_seconds", field: func(c *Config) any { return &c.SubprocessTimeout }, zeroOK: true, max: 30 * day},
+		{name: "task_timeout_seconds", field: func(c *Config) any { return &c.TaskTimeout }, zeroOK: true, max: 365 * day},
+		{name: "error_retry_seconds", field: func(c *Config) any { return &c.ErrorRetry }, max: day},
 		{name: "manager_ca_file", field: func(c *Config) any { return &c.ManagerCAFile }},
 		// What were constants in the Python worker (spec/python-worker.md §6.10).
-		{name: "kill_grace_seconds", field: func(c *Config) any { return &c.Tuning.killGrace }, min: minSeconds, max: 60},
-		{name: "fetch_empty_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchEmpty }, min: minSeconds, max: hour},
-		{name: "fetch_error_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchFailed }, min: minSeconds, max: hour},
-		{name: "asleep_poll_interval_seconds", field: func(c *Config) any { return &c.Tuning.asleepPoll }, min: minSeconds, max: hour},
-		{name: "register_retry_seconds", field: func(c *Config) any { return &c.Tuning.registerRetry }, min: minSeconds, max: hour},
+		{name: "kill_grace_seconds", field: func(c *Config) any { return &c.Tuning.killGrace }, max: 60},
+		{name: "fetch_empty_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchEmpty }, max: hour},
+		{name: "fetch_error_retry_seconds", field: func(c *Config) any { return &c.Tuning.fetchFailed }, max: hour},
+		{name: "asleep_poll_interval_seconds", field: func(c *Config) any { return &c.Tuning.asleepPoll }, max: hour},
+		{name: "register_retry_seconds", field: func(c *Config) any { return &c.Tuning.registerRetry }, max: hour},
 		{name: "queue_size_threshold", field: func(c *Config) any { return &c.Tuning.queueLimit }, zeroOK: true, max: 100000},
-		{name: "update_backoff_min_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.min }, min: minSeconds, max: hour},
-		{name: "update_backoff_max_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.max }, min: minSeconds, max: day},
-		{name: "http_connect_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.connect }, min: minSeconds, max: 300},
-		{name: "http_response_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.header }, min: minSeconds, max: 300},
-		{name: "http_idle_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.idle }, min: minSeconds, max: 300},
-		{name: "output_produced_interval_seconds", field: func(c *Config) any { return &c.Tuning.outputWindow }, min: minSeconds, max: hour},
-		{name: "blend_file_wait_seconds", field: func(c *Config) any { return &c.Tuning.fileWait }, zeroOK: true, min: minSeconds, max: 600},
+		{name: "update_backoff_min_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.min }, max: hour},
+		{name: "update_backoff_max_seconds", field: func(c *Config) any { return &c.Tuning.updateBackoff.max }, max: day},
+		{name: "http_connect_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.connect }, max: 300},
+		{name: "http_response_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.header }, max: 300},
+		{name: "http_idle_timeout_seconds", field: func(c *Config) any { return &c.Tuning.http.idle }, max: 300},
+		{name: "output_produced_interval_seconds", field: func(c *Config) any { return &c.Tuning.outputWindow }, max: hour},
+		{name: "blend_file_wait_seconds", field: func(c *Config) any { return &c.Tuning.fileWait }, zeroOK: true, max: 600},
 	}
 }
 
 // isConfigKey reports whether key (lower-cased) belongs in [flamenco-worker].
 func isConfigKey(key string) bool {
-	if key == jobTypesKey {
-		return true
-	}
-	for _, k := range configKeys() {
-		if k.name == key {
-			return true
-		}
-	}
-	return false
+	return key == jobTypesKey || slices.ContainsFunc(configKeys(), func(k configKey) bool { return k.name == key })
 }
 
 // set parses v into the key's Config field.
@@ -174,16 +148,14 @@ func (k configKey) set(c *Config, v string) error {
 	case *string:
 		if k.check != nil {
 			if err := k.check(v); err != nil {
-				return err
+				return errors.New(redactIn(err.Error(), v)) // the error may quote a URL with a password
 			}
 		}
 		*p = v
 	case *[]string:
-		types := strings.Fields(v)
-		if len(types) == 0 {
+		if *p = strings.Fields(v); len(*p) == 0 {
 			return errors.New("must list at least one task type")
 		}
-		*p = types
 	case *int:
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -192,40 +164,35 @@ func (k configKey) set(c *Config, v string) error {
 		if n < 0 {
 			return fmt.Errorf("must not be negative, not %d", n)
 		}
-		if err := k.inBounds(float64(n), v, ""); err != nil {
-			return err
-		}
 		*p = n
+		return k.inBounds(float64(n), 0, v, "")
 	case *time.Duration:
 		d, err := parseSeconds(v, k.zeroOK)
 		if err != nil {
 			return err
 		}
-		if err := k.inBounds(d.Seconds(), v, " seconds"); err != nil {
-			return err
-		}
 		*p = d
+		return k.inBounds(d.Seconds(), minSeconds, v, " seconds")
 	}
 	return nil
 }
 
-// inBounds checks a number against the key's min and max; a zeroOK key's
+// inBounds checks a number against min and the key's max; a zeroOK key's
 // 0 is always fine.
-func (k configKey) inBounds(f float64, v, unit string) error {
-	if f == 0 && k.zeroOK {
-		return nil
-	}
-	fmtNum := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+func (k configKey) inBounds(f, min float64, v, unit string) error {
 	switch {
-	case k.min > 0 && f < k.min && k.zeroOK:
-		return fmt.Errorf("must be 0 or at least %s%s, not %s", fmtNum(k.min), unit, v)
-	case k.min > 0 && f < k.min:
-		return fmt.Errorf("must be at least %s%s, not %s", fmtNum(k.min), unit, v)
+	case f == 0 && k.zeroOK:
+	case f < min && k.zeroOK:
+		return fmt.Errorf("must be 0 or at least %s%s, not %s", formatNumber(min), unit, v)
+	case f < min:
+		return fmt.Errorf("must be at least %s%s, not %s", formatNumber(min), unit, v)
 	case k.max > 0 && f > k.max:
-		return fmt.Errorf("must be at most %s%s, not %s", fmtNum(k.max), unit, v)
+		return fmt.Errorf("must be at most %s%s, not %s", formatNumber(k.max), unit, v)
 	}
 	return nil
 }
+
+func formatNumber(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 // format renders the key's Config field as it would be written in the file.
 func (k configKey) format(c *Config) string {
@@ -237,7 +204,7 @@ func (k configKey) format(c *Config) string {
 	case *int:
 		return strconv.Itoa(*p)
 	case *time.Duration:
-		return strconv.FormatFloat(p.Seconds(), 'f', -1, 64)
+		return formatNumber(p.Seconds())
 	}
 	return ""
 }
@@ -246,13 +213,12 @@ func (k configKey) format(c *Config) string {
 // float), refusing what would make an interval meaningless.
 func parseSeconds(v string, zeroOK bool) (time.Duration, error) {
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+	switch {
+	case err != nil || math.IsNaN(f) || math.IsInf(f, 0):
 		return 0, fmt.Errorf("%s is not a number of seconds", clip(v))
-	}
-	if f < 0 {
+	case f < 0:
 		return 0, fmt.Errorf("must not be negative, not %s", v)
-	}
-	if f > float64(math.MaxInt64)/float64(time.Second) {
+	case f > float64(math.MaxInt64)/float64(time.Second):
 		return 0, fmt.Errorf("%s seconds is too long", v)
 	}
 	d := time.Duration(f * float64(time.Second))
@@ -272,18 +238,16 @@ func checkNotEmpty(v string) error {
 // checkManagerURL validates a non-empty manager_url like the Python worker's
 // check_config; an empty one means SSDP discovery and is fine.
 func checkManagerURL(v string) error {
-	if v == "" {
-		return nil
-	}
-	if v[0] == '\'' || v[0] == '"' {
-		return fmt.Errorf("should not be quoted: %s", v)
-	}
 	const example = "(so https://something/ or http://something/)"
-	scheme, _, ok := strings.Cut(v, "://")
-	if !ok {
+	scheme, _, isURL := strings.Cut(v, "://")
+	switch {
+	case v == "":
+		return nil
+	case v[0] == '\'' || v[0] == '"':
+		return fmt.Errorf("should not be quoted: %s", v)
+	case !isURL:
 		return fmt.Errorf("should be a URL %s, not %s", example, v)
-	}
-	if s := strings.ToLower(scheme); s != "http" && s != "https" {
+	case !slices.Contains([]string{"http", "https"}, strings.ToLower(scheme)):
 		return fmt.Errorf("should be an http or https URL %s, not %s", example, v)
 	}
 	u, err := url.Parse(v)
@@ -294,18 +258,6 @@ func checkManagerURL(v string) error {
 		return fmt.Errorf("has no host name: %s", v)
 	}
 	return nil
-}
-
-// ---------------------------------------------------------------------------
-// Loading the layers.
-
-// configFile is one layer: a path and whether it must exist.
-type configFile struct {
-	path     string
-	required bool
-	// credSection, when set, is the section whose worker_id and
-	// worker_secret count as this file's [flamenco-worker] credentials.
-	credSection string
 }
 
 // loadConfig builds the effective config: defaults < ./flamenco-worker.cfg
@@ -320,36 +272,21 @@ func loadConfig(cfgFile, homeDir string, warn func(string)) (*Config, error) {
 // loadConfigTuned is loadConfig with tune as the defaults of the tuning
 // keys (tests shorten them; a file still overrides them).
 func loadConfigTuned(cfgFile, homeDir string, tune tuning, warn func(string)) (*Config, error) {
-	files := []configFile{{path: cwdConfigName}}
-	if cfgFile != "" {
-		files[0] = configFile{path: cfgFile, required: true}
+	if warn == nil {
+		warn = func(string) {}
 	}
 	section, err := instanceSection(cfgFile)
 	if err != nil {
 		return nil, err
 	}
-	home := ""
+	cfg := defaultConfig()
+	cfg.Tuning, cfg.CredSection = tune, section
 	if homeDir != "" {
-		home = filepath.Join(homeDir, homeConfigName)
-		files = append(files, configFile{path: home, credSection: section})
+		cfg.HomeConfig = filepath.Join(homeDir, homeConfigName)
 	}
-	cfg, err := loadConfigFiles(files, home, tune, warn)
-	if err != nil {
-		return nil, err
-	}
-	cfg.CredSection = section
-	return cfg, nil
-}
-
-// loadConfigFiles lays files over the defaults, in order.
-func loadConfigFiles(files []configFile, home string, tune tuning, warn func(string)) (*Config, error) {
-	if warn == nil {
-		warn = func(string) {}
-	}
-	merged := builtinINI()
-	var loaded []string
-	for _, cf := range files {
-		f, err := readINIFile(cf)
+	merged, edits := builtinINI(&cfg), []func(*iniEntry) bool{nil, instanceCredentials(section)}
+	for i, path := range []string{cmp.Or(cfgFile, cwdConfigName), cfg.HomeConfig} {
+		f, err := readINIFile(path, i == 0 && cfgFile != "")
 		if err != nil {
 			return nil, err
 		}
@@ -357,30 +294,46 @@ func loadConfigFiles(files []configFile, home string, tune tuning, warn func(str
 			continue
 		}
 		warnUnknown(f, warn)
-		warnReadableSecret(f, cf.path, warn)
-		if cf.credSection != "" && cf.credSection != workerSection {
-			f = f.withCredentialsFrom(cf.credSection)
-		}
-		merged.merge(f)
-		loaded = append(loaded, cf.path)
+		warnReadableSecret(f, path, warn)
+		merged.merge(f, edits[i])
+		cfg.LoadedFiles = append(cfg.LoadedFiles, path)
 	}
 	warnTaskTypesAlias(merged, warn)
-	cfg := defaultConfig()
-	cfg.Tuning = tune
-	cfg.HomeConfig = home
-	cfg.LoadedFiles = loaded
-	if err := cfg.apply(merged); err != nil {
-		return nil, err
+	cfg.Logging = parseLogging(merged)
+	for _, apply := range []func(*iniFile) error{cfg.applyWorker, cfg.applyPreTaskChecks, cfg.applyEnvironment} {
+		if err := apply(merged); err != nil {
+			return nil, err
+		}
 	}
 	if b := cfg.Tuning.updateBackoff; b.max < b.min {
-		e := merged.lookup(workerSection, "update_backoff_max_seconds")
+		sec := merged.byName[workerSection]
+		e := sec.get("update_backoff_max_seconds")
 		if e.builtin {
-			e = merged.lookup(workerSection, "update_backoff_min_seconds")
+			e = sec.get("update_backoff_min_seconds")
 		}
 		return nil, e.errorf("%s: update_backoff_max_seconds (%s) must not be less than update_backoff_min_seconds (%s)",
-			e.key, strconv.FormatFloat(b.max.Seconds(), 'f', -1, 64), strconv.FormatFloat(b.min.Seconds(), 'f', -1, 64))
+			e.key, formatNumber(b.max.Seconds()), formatNumber(b.min.Seconds()))
 	}
 	return &cfg, nil
+}
+
+// readINIFile parses one layer; it returns nil for a missing optional
+// file, or no file ("").
+func readINIFile(path string, required bool) (*iniFile, error) {
+	if path == "" {
+		return nil, nil
+	}
+	fh, err := os.Open(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && required:
+		return nil, fmt.Errorf("config file %s does not exist", path)
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	defer fh.Close()
+	return parseINI(fh, path)
 }
 
 // warnReadableSecret warns when a file holding a secret can be read by
@@ -398,30 +351,13 @@ func warnReadableSecret(f *iniFile, path string, warn func(string)) {
 	}
 }
 
-// readINIFile parses one layer; it returns nil for a missing optional file.
-func readINIFile(cf configFile) (*iniFile, error) {
-	fh, err := os.Open(cf.path)
-	if errors.Is(err, fs.ErrNotExist) && !cf.required {
-		return nil, nil
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("config file %s does not exist", cf.path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	defer fh.Close()
-	return parseINI(fh, cf.path)
-}
-
-// builtinINI holds the defaults as INI values, so that ${key} references to
+// builtinINI holds c's values as INI values, so that ${key} references to
 // keys no file sets resolve as in Python, where the defaults are read into
 // the same parser.
-func builtinINI() *iniFile {
+func builtinINI(c *Config) *iniFile {
 	f := newINIFile()
-	def := defaultConfig()
 	for _, k := range configKeys() {
-		f.add(iniEntry{section: workerSection, key: k.name, value: escapeINI(k.format(&def)), file: builtinFileName, builtin: true})
+		f.add(iniEntry{section: workerSection, key: k.name, value: escapeINI(k.format(c)), file: "(built-in defaults)", builtin: true})
 	}
 	return f
 }
@@ -445,11 +381,9 @@ func warnUnknown(f *iniFile, warn func(string)) {
 // are set: task_types wins, wherever each of them is.
 func warnTaskTypesAlias(f *iniFile, warn func(string)) {
 	sec := f.byName[workerSection]
-	tt, jt := sec.get("task_types"), sec.get(jobTypesKey)
-	if tt == nil || jt == nil || tt.builtin {
-		return
+	if tt, jt := sec.get("task_types"), sec.get(jobTypesKey); jt != nil && !tt.builtin {
+		warn(fmt.Sprintf("%s:%d: task_types and %s:%d: job_types are both set; task_types is used, job_types ignored", tt.file, tt.line, jt.file, jt.line))
 	}
-	warn(fmt.Sprintf("%s:%d: task_types and %s:%d: job_types are both set; task_types is used, job_types ignored", tt.file, tt.line, jt.file, jt.line))
 }
 
 // knownSection reports whether a section is used; the Python logging
@@ -459,26 +393,12 @@ func knownSection(name string) bool {
 	case workerSection, checkSection, envSection, defaultSection, "loggers", "handlers", "formatters":
 		return true
 	}
-	for _, prefix := range []string{"logger_", "handler_", "formatter_", instancePrefix} {
-		if strings.HasPrefix(name, prefix) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc([]string{"logger_", "handler_", "formatter_", instancePrefix}, func(prefix string) bool {
+		return strings.HasPrefix(name, prefix)
+	})
 }
 
-// apply sets c from the merged files.
-func (c *Config) apply(f *iniFile) error {
-	if err := c.applyWorker(f); err != nil {
-		return err
-	}
-	if err := c.applyPreTaskChecks(f); err != nil {
-		return err
-	}
-	c.Logging = parseLogging(f)
-	return c.applyEnvironment(f)
-}
-
+// applyWorker sets c from [flamenco-worker].
 func (c *Config) applyWorker(f *iniFile) error {
 	sec := f.byName[workerSection]
 	for _, k := range configKeys() {
@@ -504,47 +424,30 @@ func (c *Config) applyWorker(f *iniFile) error {
 // checks, each in file order, with absolute paths. Only the section's own
 // keys count, not DEFAULT's.
 func (c *Config) applyPreTaskChecks(f *iniFile) error {
-	sec := f.byName[checkSection]
-	if sec == nil {
-		return nil
-	}
 	var reads, writes []preTaskCheck
-	for _, e := range sec.entries {
-		v, err := f.expand(checkSection, e)
-		if err != nil {
-			return err
-		}
+	err := f.eachValue(checkSection, func(e *iniEntry, v string) error {
 		key := strings.ToLower(e.key)
 		write := strings.HasPrefix(key, "write")
-		if !write && !strings.HasPrefix(key, "read") {
+		switch {
+		case !write && !strings.HasPrefix(key, "read"):
 			return e.errorf("[%s] key %q should start with \"read\" or \"write\"", checkSection, e.key)
-		}
-		if v == "" {
+		case v == "":
 			return e.errorf("[%s] %s: empty path", checkSection, e.key)
+		case write:
+			writes = append(writes, preTaskCheck{Key: e.key, Write: true, Path: absPath(v)})
+		default:
+			reads = append(reads, preTaskCheck{Key: e.key, Path: absPath(v)})
 		}
-		chk := preTaskCheck{Key: e.key, Write: write, Path: absPath(v)}
-		if write {
-			writes = append(writes, chk)
-		} else {
-			reads = append(reads, chk)
-		}
-	}
+		return nil
+	})
 	c.PreTaskChecks = append(reads, writes...)
-	return nil
+	return err
 }
 
 // applyEnvironment reads [environment], keeping the keys' spelling since
 // environment variable names are case-sensitive.
 func (c *Config) applyEnvironment(f *iniFile) error {
-	sec := f.byName[envSection]
-	if sec == nil {
-		return nil
-	}
-	for _, e := range sec.entries {
-		v, err := f.expand(envSection, e)
-		if err != nil {
-			return err
-		}
+	return f.eachValue(envSection, func(e *iniEntry, v string) error {
 		if strings.ContainsFunc(e.key, func(r rune) bool { return unicode.IsSpace(r) || r == 0 }) {
 			return e.errorf("[%s] %q is not a valid environment variable name", envSection, e.key)
 		}
@@ -552,12 +455,9 @@ func (c *Config) applyEnvironment(f *iniFile) error {
 			return e.errorf("[%s] %s: value contains a NUL character", envSection, e.key)
 		}
 		c.Environment = append(c.Environment, e.key+"="+v)
-	}
-	return nil
+		return nil
+	})
 }
-
-// ---------------------------------------------------------------------------
-// Writing.
 
 // writeEffective writes the effective config in INI form (for --verbose),
 // with the secrets shown as "-hidden-".
@@ -567,7 +467,7 @@ func (c *Config) writeEffective(w io.Writer) error {
 	for _, k := range configKeys() {
 		v := k.format(c)
 		if k.secret && v != "" {
-			v = hiddenSecret
+			v = "-hidden-"
 		}
 		if k.name == "manager_url" {
 			v = redactURL(v)
@@ -589,13 +489,4 @@ func (c *Config) writeEffective(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// checkManagerURLRedacted is checkManagerURL with the URL's password
-// hidden in its error, which quotes the URL.
-func checkManagerURLRedacted(v string) error {
-	if err := checkManagerURL(v); err != nil {
-		return errors.New(redactIn(err.Error(), v))
-	}
-	return nil
 }

@@ -831,13 +831,13 @@ func FuzzSetCredentials(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, err := setCredentials(in, "fuzz.cfg", "id", "se$cret")
+		out, err := setSectionCredentials(in, "fuzz.cfg", workerSection, "id", "se$cret")
 		if err != nil {
-			t.Fatalf("setCredentials(%q): %v", in, err)
+			t.Fatalf("setSectionCredentials(%q): %v", in, err)
 		}
 		want := map[string]string{credIDKey: "id", credSecretKey: "se$$cret"}
-		if !credentialsSet(old, out, "fuzz.cfg", want) {
-			t.Fatalf("setCredentials(%q) = %q: credentials missing or other values changed", in, out)
+		if !credentialsSet(old, out, "fuzz.cfg", workerSection, want) {
+			t.Fatalf("setSectionCredentials(%q) = %q: credentials missing or other values changed", in, out)
 		}
 	})
 }

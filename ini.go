@@ -13,12 +13,10 @@ import (
 const (
 	defaultSection = "DEFAULT"
 
-	// maxInterpolationDepth is Python configparser's MAX_INTERPOLATION_DEPTH:
-	// a reference loop becomes an error instead of a hang.
+	// configparser's MAX_INTERPOLATION_DEPTH: a reference loop is an error.
 	maxInterpolationDepth = 10
-	// maxInterpolationRefs and maxExpandedLen bound the work for one value,
-	// so that keys referencing each other many times ("billion laughs")
-	// cannot make loading take forever. Real values are far smaller.
+	// Bounds on the work for one value, so that keys referencing each other
+	// many times ("billion laughs") cannot make loading take forever.
 	maxInterpolationRefs = 1000
 	maxExpandedLen       = 64 << 10
 )
@@ -31,11 +29,9 @@ type iniEntry struct {
 	file    string
 	line    int  // line of the "key = value" line
 	end     int  // last line of the value, continuation lines included
-	seq     int  // order of assignment over all merged files
 	builtin bool // a built-in default, not from any file
 }
 
-// errorf returns an error located at e's file and line.
 func (e *iniEntry) errorf(format string, args ...any) error {
 	return fmt.Errorf("%s:%d: "+format, append([]any{e.file, e.line}, args...)...)
 }
@@ -51,8 +47,8 @@ type iniSection struct {
 	index   map[string]*iniEntry
 }
 
-// get returns the section's own entry for key (not DEFAULT's), or nil,
-// also when the section does not exist (s is nil).
+// get returns the section's own entry for key (not DEFAULT's), or nil
+// (also when s is nil).
 func (s *iniSection) get(key string) *iniEntry {
 	if s == nil {
 		return nil
@@ -65,7 +61,6 @@ type iniFile struct {
 	sections []*iniSection // in order of first appearance, DEFAULT included
 	byName   map[string]*iniSection
 	raw      []iniEntry // every assignment in file order, duplicates included
-	seq      int
 }
 
 func newINIFile() *iniFile {
@@ -88,8 +83,6 @@ func (f *iniFile) addSection(name, file string, line int) *iniSection {
 // the value but keeps the key's position.
 func (f *iniFile) add(e iniEntry) {
 	f.raw = append(f.raw, e)
-	f.seq++
-	e.seq = f.seq
 	s := f.addSection(e.section, e.file, e.line)
 	k := strings.ToLower(e.key)
 	if old := s.index[k]; old != nil {
@@ -100,13 +93,16 @@ func (f *iniFile) add(e iniEntry) {
 	s.index[k] = &e
 }
 
-// merge lays g over f: g's assignments win.
-func (f *iniFile) merge(g *iniFile) {
+// merge lays g over f: g's assignments win. edit, if not nil, may change
+// each of g's assignments first, or drop it (by returning false).
+func (f *iniFile) merge(g *iniFile, edit func(e *iniEntry) bool) {
 	for _, s := range g.sections {
 		f.addSection(s.name, s.file, s.line)
 	}
 	for _, e := range g.raw {
-		f.add(e)
+		if edit == nil || edit(&e) {
+			f.add(e)
+		}
 	}
 }
 
@@ -122,13 +118,28 @@ func (f *iniFile) lookup(section, key string) *iniEntry {
 	return f.byName[defaultSection].get(key)
 }
 
-// iniParser holds the state of parseINI between lines.
+// eachValue calls fn with every entry of section (not DEFAULT's) and its
+// expanded value, in order, up to the first error.
+func (f *iniFile) eachValue(section string, fn func(e *iniEntry, v string) error) error {
+	if s := f.byName[section]; s != nil {
+		for _, e := range s.entries {
+			v, err := f.expand(section, e)
+			if err == nil {
+				err = fn(e, v)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 type iniParser struct {
 	f      *iniFile
 	name   string
 	sect   *iniSection // nil before the first section header
 	cur    *iniEntry   // the assignment continuation lines would extend
-	parts  []string    // value lines of cur
 	indent int         // indentation of cur's key line
 }
 
@@ -167,7 +178,7 @@ func (p *iniParser) line(n int, line string) error {
 		// Blank lines belong to a multi-line value if one follows; trailing
 		// ones are trimmed in flush.
 		if p.cur != nil {
-			p.parts = append(p.parts, "")
+			p.cur.value += "\n"
 		}
 		return nil
 	case text[0] == '#' || text[0] == ';':
@@ -175,7 +186,7 @@ func (p *iniParser) line(n int, line string) error {
 	}
 	indent := len(line) - len(strings.TrimLeftFunc(line, unicode.IsSpace))
 	if p.cur != nil && indent > p.indent {
-		p.parts = append(p.parts, text)
+		p.cur.value += "\n" + text
 		p.cur.end = n
 		return nil
 	}
@@ -215,8 +226,7 @@ func (p *iniParser) assignment(n int, text string, indent int) error {
 	if key == "" {
 		return p.errorf(n, "missing key before %q", text[i])
 	}
-	p.cur = &iniEntry{section: p.sect.name, key: key, file: p.name, line: n, end: n}
-	p.parts = []string{strings.TrimSpace(text[i+1:])}
+	p.cur = &iniEntry{section: p.sect.name, key: key, value: strings.TrimSpace(text[i+1:]), file: p.name, line: n, end: n}
 	p.indent = indent
 	return nil
 }
@@ -226,10 +236,10 @@ func (p *iniParser) flush() {
 	if p.cur == nil {
 		return
 	}
-	p.cur.value = strings.TrimRightFunc(strings.Join(p.parts, "\n"), unicode.IsSpace)
+	p.cur.value = strings.TrimRightFunc(p.cur.value, unicode.IsSpace)
 	p.f.add(*p.cur)
 	p.sect.last = p.cur.end
-	p.cur, p.parts = nil, nil
+	p.cur = nil
 }
 
 // clip quotes s for an error message, shortened if long.
@@ -258,47 +268,42 @@ type expander struct {
 // from e.section when e comes from DEFAULT.
 func (f *iniFile) expand(section string, e *iniEntry) (string, error) {
 	x := &expander{f: f}
-	if err := x.expand(section, e, e.value, 1); err != nil {
+	if err := x.expand(section, e, 1); err != nil {
 		return "", err
 	}
 	return x.b.String(), nil
 }
 
-func (x *expander) expand(section string, e *iniEntry, rest string, depth int) error {
+func (x *expander) expand(section string, e *iniEntry, depth int) error {
 	if depth > maxInterpolationDepth {
 		return e.errorf("%s: more than %d levels of ${...} references (a reference loop?)", e.key, maxInterpolationDepth)
 	}
+	rest := e.value
 	for {
 		i := strings.IndexByte(rest, '$')
 		if i < 0 {
 			return x.write(e, rest)
 		}
-		if err := x.write(e, rest[:i]); err != nil {
-			return err
-		}
+		err := x.write(e, rest[:i])
 		rest = rest[i:]
+		end := strings.IndexByte(rest, '}')
 		switch {
+		case err != nil:
 		case strings.HasPrefix(rest, "$$"):
-			if err := x.write(e, "$"); err != nil {
-				return err
-			}
-			rest = rest[2:]
-		case strings.HasPrefix(rest, "${"):
-			end := strings.IndexByte(rest, '}')
-			if end < 3 {
-				return e.errorf("%s: bad reference %s: want ${key} or ${section:key}", e.key, clip(rest))
-			}
-			if err := x.reference(section, e, rest[2:end], depth); err != nil {
-				return err
-			}
-			rest = rest[end+1:]
-		default:
+			err, rest = x.write(e, "$"), rest[2:]
+		case !strings.HasPrefix(rest, "${"):
 			return e.errorf("%s: '$' must be followed by '$' or '{', found %s (write $$ for a literal $)", e.key, clip(rest))
+		case end < 3:
+			return e.errorf("%s: bad reference %s: want ${key} or ${section:key}", e.key, clip(rest))
+		default:
+			err, rest = x.reference(section, e, rest[2:end], depth), rest[end+1:]
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
 
-// write adds text from e's value to the result.
 func (x *expander) write(e *iniEntry, text string) error {
 	if x.b.Len()+len(text) > maxExpandedLen {
 		return e.errorf("%s: ${...} references expand to more than %d bytes", e.key, maxExpandedLen)
@@ -326,19 +331,15 @@ func (x *expander) reference(section string, e *iniEntry, ref string, depth int)
 	if !strings.Contains(target.value, "$") {
 		return x.write(e, target.value) // as configparser, which counts depth only for values it must expand
 	}
-	return x.expand(sect, target, target.value, depth+1)
+	return x.expand(sect, target, depth+1)
 }
 
 // writeINILine writes "key = value" so that parseINI reads value back.
 func writeINILine(b *strings.Builder, key, value string) {
-	b.WriteString(key)
-	if value == "" {
-		b.WriteString(" =\n")
-		return
+	if value != "" {
+		value = " " + strings.ReplaceAll(escapeINI(value), "\n", "\n\t")
 	}
-	b.WriteString(" = ")
-	b.WriteString(strings.ReplaceAll(escapeINI(value), "\n", "\n\t"))
-	b.WriteByte('\n')
+	b.WriteString(key + " =" + value + "\n")
 }
 
 // escapeINI protects a literal value from interpolation.

@@ -14,27 +14,9 @@ import (
 )
 
 // instanceLock is one resource that two worker processes must never share:
-// its lock file, what it protects (for the error message) and what to
-// change so that a second worker gets its own.
-type instanceLock struct {
-	path   string
-	what   string
-	advice string
-}
-
-// lockHeldError is a lock taken by another live process.
-type lockHeldError struct {
-	lock instanceLock
-	pid  int // 0 if the other process had not written its PID yet
-}
-
-func (e *lockHeldError) Error() string {
-	who := "another worker"
-	if e.pid > 0 {
-		who = fmt.Sprintf("another worker (pid %d)", e.pid)
-	}
-	return fmt.Sprintf("%s already uses %s; %s", who, e.lock.what, e.lock.advice)
-}
+// its lock file, what it protects and what to change so that a second
+// worker gets its own (both for the error message).
+type instanceLock struct{ path, what, advice string }
 
 // instanceLocks lists what this worker process must have to itself: its
 // identity (the credentials section of the home file), its task update
@@ -43,44 +25,30 @@ func (e *lockHeldError) Error() string {
 func instanceLocks(cfg *Config) []instanceLock {
 	var locks []instanceLock
 	if cfg.HomeConfig != "" {
-		locks = append(locks, instanceLock{
-			path:   identityLockPath(cfg.HomeConfig, cfg.CredSection),
-			what:   fmt.Sprintf("the credentials in %s [%s]", cfg.HomeConfig, cfg.CredSection),
-			advice: "give this one its own --config with its own task_update_queue_db, or its own HOME",
-		})
+		path := cfg.HomeConfig + ".lock" // [flamenco-worker]; a --config instance's section has its own
+		if cfg.CredSection != workerSection {
+			sum := sha256.Sum256([]byte(cfg.CredSection))
+			path = cfg.HomeConfig + "." + hex.EncodeToString(sum[:6]) + ".lock"
+		}
+		locks = append(locks, instanceLock{path, fmt.Sprintf("the credentials in %s [%s]", cfg.HomeConfig, cfg.CredSection),
+			"give this one its own --config with its own task_update_queue_db, or its own HOME"})
 	}
-	locks = append(locks, instanceLock{
-		path:   cfg.TaskUpdateQueueDB + ".lock",
-		what:   "the task update queue " + canonicalPath(cfg.TaskUpdateQueueDB),
-		advice: "give this one its own task_update_queue_db (or its own working directory)",
-	})
+	fileLock := func(path, what, key string) instanceLock {
+		return instanceLock{path + ".lock", what + " " + canonicalPath(path), "give this one its own " + key + " (or its own working directory)"}
+	}
+	locks = append(locks, fileLock(cfg.TaskUpdateQueueDB, "the task update queue", "task_update_queue_db"))
 	if cfg.SubprocessPIDFile != "" {
-		locks = append(locks, instanceLock{
-			path:   cfg.SubprocessPIDFile + ".lock",
-			what:   "the subprocess PID file " + canonicalPath(cfg.SubprocessPIDFile),
-			advice: "give this one its own subprocess_pid_file (or its own working directory)",
-		})
+		locks = append(locks, fileLock(cfg.SubprocessPIDFile, "the subprocess PID file", "subprocess_pid_file"))
 	}
 	return locks
 }
 
-// identityLockPath is the lock file of one credentials section of homeFile:
-// homeFile.lock for [flamenco-worker], homeFile.<hash>.lock for the section
-// of a --config instance.
-func identityLockPath(homeFile, section string) string {
-	if section == workerSection {
-		return homeFile + ".lock"
-	}
-	sum := sha256.Sum256([]byte(section))
-	return homeFile + "." + hex.EncodeToString(sum[:6]) + ".lock"
-}
-
 // takeInstanceLocks takes every lock of instanceLocks for the life of the
-// process (release, or the process's end, frees them: flock locks die with
-// their last file descriptor, so a crashed worker's lock is no obstacle).
-// A lock held by another process is an error naming its PID; a lock file
-// that cannot be created (a read-only home) only costs the protection, so
-// it is a warning: what needs the file fails later with its own message.
+// process (release, or the process's end, frees them: a crashed worker's
+// flock dies with it). A lock held by another process is an error naming
+// its PID; a lock file that cannot be created (a read-only home) only
+// costs the protection, so it is a warning: what needs the file fails
+// later with its own message.
 func takeInstanceLocks(cfg *Config, logger *slog.Logger) (release func(), err error) {
 	var held []*os.File
 	release = func() {
@@ -89,33 +57,35 @@ func takeInstanceLocks(cfg *Config, logger *slog.Logger) (release func(), err er
 		}
 	}
 	for _, l := range instanceLocks(cfg) {
-		f, err := lockFile(l)
-		var busy *lockHeldError
+		f, busy, err := lockFile(l)
 		switch {
-		case errors.As(err, &busy):
+		case busy:
 			release()
 			return nil, err
 		case err != nil:
 			logger.Warn("cannot take a lock file; nothing stops a second worker from using the same "+strings.TrimPrefix(l.what, "the "), "lock_file", l.path, "err", err)
-			continue
+		default:
+			held = append(held, f)
 		}
-		held = append(held, f)
 	}
 	return release, nil
 }
 
-// lockFile takes an exclusive flock on l.path and writes our PID into it.
-// The file descriptor is close-on-exec, so no child inherits the lock.
-func lockFile(l instanceLock) (*os.File, error) {
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
+// lockFile takes an exclusive flock on l.path and writes our PID into it;
+// busy means another live process holds it. The file descriptor is
+// close-on-exec, so no child inherits the lock.
+func lockFile(l instanceLock) (f *os.File, busy bool, err error) {
+	if f, err = os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+		return nil, false, err
 	}
-	err = flockNB(f)
+	err = flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
 	if errors.Is(err, syscall.EWOULDBLOCK) {
-		pid := lockOwner(f)
-		f.Close()
-		return nil, &lockHeldError{lock: l, pid: pid}
+		defer f.Close()
+		who := "another worker"
+		if pid := lockOwner(f); pid > 0 { // 0 if it had not written its PID yet
+			who = fmt.Sprintf("another worker (pid %d)", pid)
+		}
+		return nil, true, fmt.Errorf("%s already uses %s; %s", who, l.what, l.advice)
 	}
 	if err == nil {
 		err = f.Truncate(0)
@@ -125,32 +95,20 @@ func lockFile(l instanceLock) (*os.File, error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, false, err
 	}
-	return f, nil
-}
-
-// flockNB is flock(LOCK_EX|LOCK_NB), repeated when a signal interrupts it.
-func flockNB(f *os.File) error {
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
+	return f, false, nil
 }
 
 // lockOwner reads the PID the lock's holder wrote; a holder that has just
 // taken the lock gets a moment to write it.
 func lockOwner(f *os.File) int {
-	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		buf := make([]byte, 32)
 		n, _ := f.ReadAt(buf, 0)
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(buf[:n]))); err == nil && pid > 0 {
 			return pid
 		}
-		if time.Now().After(deadline) {
-			return 0
-		}
 	}
+	return 0
 }
