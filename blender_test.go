@@ -459,17 +459,11 @@ func FuzzParseFrameSpec(f *testing.F) {
 	})
 }
 
-// blenderTestClock is a settable clock for the activity throttle.
-type blenderTestClock struct{ now time.Time }
-
-func (c *blenderTestClock) Now() time.Time          { return c.now }
-func (c *blenderTestClock) Advance(d time.Duration) { c.now = c.now.Add(d) }
-
 func TestRenderTrackerProgress(t *testing.T) {
 	c, finish := testCmdCtx(t, "blender_render", testEnv())
-	clock := &blenderTestClock{now: time.Unix(1700000000, 0)}
+	clock := &fakeClock{t: time.Unix(1700000000, 0)}
 	tr := newRenderTracker(c, "1..3")
-	tr.now = clock.Now
+	tr.now = clock.now
 	c.timing.checkpoint("starting blender")
 	fra := func(frame int, rest string) string {
 		return fmt.Sprintf("Fra:%d Mem:9.49M (Peak 10.20M) | Time:00:00.00 | %sMem:0.86M, Peak:0.86M | Scene, ViewLayer | ", frame, rest)
@@ -496,7 +490,7 @@ func TestRenderTrackerProgress(t *testing.T) {
 		{0, "Saved: '/out/000003.png'"},
 	}
 	for _, s := range steps {
-		clock.Advance(s.advance)
+		clock.set(clock.now().Add(s.advance))
 		tr.line(s.line)
 	}
 	c.timing.checkpoint("")
@@ -900,4 +894,27 @@ func FuzzRenderTracker(f *testing.F) {
 			t.Errorf("frames %q, output %q: progress %v", frames, output, res.progress)
 		}
 	})
+}
+
+// TestExampleRenderTask runs the README's render example as a user would.
+func TestExampleRenderTask(t *testing.T) {
+	blenderTestExecutable(t)
+	if _, err := os.Stat("/usr/bin/blender"); err != nil {
+		t.Skip("the example uses /usr/bin/blender (Debian's package)")
+	}
+	os.RemoveAll("/tmp/flamenco-example")
+	var stdout, stderr bytes.Buffer
+	t.Chdir(t.TempDir())
+	code := runTuned(t.Context(), []string{"--run-task", filepath.Join(startDir, "examples/render-task.json")}, &stdout, &stderr, testTuning())
+	if code != 0 {
+		t.Fatalf("exit code %d; stdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	for _, frame := range []string{"000001.png", "000002.png", "000003.png"} {
+		if _, err := os.Stat("/tmp/flamenco-example/frames/" + frame); err != nil {
+			t.Errorf("frame %s not rendered: %v", frame, err)
+		}
+		if !strings.Contains(stdout.String(), "output produced: /tmp/flamenco-example/frames/"+frame) {
+			t.Errorf("no output-produced line for %s", frame)
+		}
+	}
 }

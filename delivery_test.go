@@ -166,14 +166,8 @@ func deliveryRig(t *testing.T) (*queue, *fakeManager, deliverer) {
 	fm.addWorker("5e0000000000000000000abc", "s")
 	fm.queueTask(taskID(1))
 	fm.set(func(fm *fakeManager) { fm.tasks[taskID(1)] = "active" })
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
-	q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.close() })
+	m := testManager(t, fm.URL())
+	q := mustOpenQueue(t, filepath.Join(t.TempDir(), "q.db"), quietLogger)
 	q.retry = backoff{min: 20 * time.Millisecond, max: 100 * time.Millisecond}
 	return q, fm, deliverer{send: m.postUpdate}
 }
@@ -377,4 +371,33 @@ func TestNoStaleActiveAfterConflict(t *testing.T) {
 			t.Errorf("status %v sent after the Manager answered 409: %.150s", s, u.Raw)
 		}
 	}
+}
+
+func TestNoFetchWhileQueueIsFull(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "push_log_max_entries = 1").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, logALot(30), `{"name": "sleep", "settings": {"time_in_seconds": 60}}`)
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(int, string) int { return http.StatusServiceUnavailable }
+	})
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 10*time.Second, "updates to pile up", func() bool { return len(queuedPayloads(t, db)) > 20 })
+	p.signal(syscall.SIGKILL)
+	p.wait(5 * time.Second)
+
+	// Restarted with more than 10 updates queued and the Manager still refusing them.
+	fetches := f.fm.count("POST /task")
+	p2 := f.start()
+	waitFor(t, 10*time.Second, "the back-pressure message", func() bool {
+		return strings.Contains(p2.out.String(), "task update queue too large")
+	})
+	time.Sleep(300 * time.Millisecond) // several fetch intervals: no fetch may happen
+	if n := f.fm.count("POST /task"); n != fetches {
+		t.Errorf("fetched %d times while more than 10 updates were queued", n-fetches)
+	}
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil })
+	waitFor(t, 10*time.Second, "fetching to resume", func() bool { return f.fm.count("POST /task") > fetches })
+	p2.stop()
 }

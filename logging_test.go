@@ -207,7 +207,7 @@ func TestParsePyLiteral(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock for timed rotation.
+// fakeClock is a settable clock (timed rotation, the activity throttle).
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time

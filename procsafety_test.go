@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -169,14 +168,7 @@ func TestSIGKILLedWorkerLeavesNoGrandchildren(t *testing.T) {
 // the test's cleanup kills it.
 func daemonOf(t *testing.T, fm *fakeManager, id string) int {
 	t.Helper()
-	var pid int
-	waitFor(t, 15*time.Second, "the daemon to start", func() bool {
-		m := regexp.MustCompile(`> daemon (\d+)`).FindStringSubmatch(fm.logText(id))
-		if m != nil {
-			pid, _ = strconv.Atoi(m[1])
-		}
-		return pid > 0
-	})
+	pid := loggedNumber(t, fm, id, "daemon")
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	return pid
 }

@@ -126,14 +126,8 @@ func TestSplitStress(t *testing.T) {
 			panic(http.ErrAbortHandler) // the connection drops without an answer
 		}
 	})
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
-	q, err := openQueue(t.TempDir()+"/q.db", quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.close()
+	m := testManager(t, fm.URL())
+	q := mustOpenQueue(t, t.TempDir()+"/q.db", quietLogger)
 	q.retry = backoff{min: time.Millisecond, max: 5 * time.Millisecond}
 
 	// The updates: mostly a few short lines, some batches of long

@@ -178,3 +178,20 @@ func TestShlex(t *testing.T) {
 		}
 	}
 }
+
+func TestSilentSubprocessIsKilled(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "subprocess_timeout_seconds = 0.5").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 60'`))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	waitFor(t, 10*time.Second, "the task to fail", func() bool { return f.fm.taskStatus(id) == "failed" })
+	p.stop()
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v of the silent command still alive", live)
+	}
+	if !strings.Contains(f.fm.logText(id), "produced no output for 0 seconds") {
+		t.Errorf("task log does not say why:\n%s", f.fm.logText(id))
+	}
+}

@@ -159,18 +159,6 @@ func TestTuningInVerbose(t *testing.T) {
 	}
 }
 
-// timeoutManager is a manager for a test server, with short HTTP limits.
-func timeoutManager(t *testing.T, url string, limits httpTimeouts) *manager {
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	cfg.Tuning.http = limits
-	m, err := newManager(&cfg, url, "test", quietLogger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // TestHTTPTimeouts: a Manager that accepts and never answers, or stops in
 // the middle of a body, costs the timeout, not more; a body that keeps
 // moving may take longer than any single timeout.
@@ -203,7 +191,7 @@ func TestHTTPTimeouts(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	m := timeoutManager(t, srv.URL, limits)
+	m := testManager(t, srv.URL, limits)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 
@@ -239,7 +227,7 @@ func TestHTTPTimeoutUpload(t *testing.T) {
 			defer c.Close() // accepted, never read
 		}
 	}()
-	m := timeoutManager(t, "http://"+ln.Addr().String(), httpTimeouts{connect: time.Second, header: time.Second, idle: 500 * time.Millisecond})
+	m := testManager(t, "http://"+ln.Addr().String(), httpTimeouts{connect: time.Second, header: time.Second, idle: 500 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	body := []byte(`{"log": "` + strings.Repeat("x", 64<<20) + `"}`) // more than any socket buffer

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,6 +64,9 @@ func testTuning() tuning {
 	}
 }
 
+// startDir is the package directory (tests run in it before any Chdir).
+var startDir, _ = os.Getwd()
+
 // farm is one worker's directories and its fake Manager.
 type farm struct {
 	t    *testing.T
@@ -95,6 +99,9 @@ func (f *farm) registered() *farm {
 	writeFile(f.t, filepath.Join(f.home, ".flamenco-worker.cfg"), "[flamenco-worker]\nworker_id = 5e0000000000000000000abc\nworker_secret = s3cret-s3cret\n")
 	return f
 }
+
+// quietLogger discards everything, for tests that do not read the log.
+var quietLogger = slog.New(slog.DiscardHandler)
 
 func writeFile(t testing.TB, path, content string) {
 	t.Helper()
@@ -489,14 +496,7 @@ func TestSIGTERMAbortsTaskAndSignsOff(t *testing.T) {
 	// The task starts a background child, then waits: both must be gone.
 	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 300 & sleep 300; wait'`))
 	p := f.start()
-	var pgid int
-	waitFor(t, 15*time.Second, "the subprocess to start", func() bool {
-		m := regexp.MustCompile(`> group (\d+)`).FindStringSubmatch(f.fm.logText(id))
-		if m != nil {
-			fmt.Sscan(m[1], &pgid)
-		}
-		return pgid > 0
-	})
+	pgid := groupOf(t, f.fm, id)
 	p.stop() // a clean exit 0; bench/ measures how long it takes
 	if live := liveGroupMembers(pgid); len(live) > 0 {
 		t.Errorf("processes %v of the task's group %d still alive after shutdown", live, pgid)
