@@ -224,6 +224,7 @@ func TestBlenderValidationErrors(t *testing.T) {
 }
 
 func TestBlenderFilepathGraceWait(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	exe := blenderTestFile(t, filepath.Join(dir, "blender"), "")
 	settingsFor := func(blend string) string {
@@ -809,6 +810,7 @@ func TestBlenderRealRender(t *testing.T) {
 	common := `"blender_cmd": ` + blenderTestJSON(exe) + `, "filepath": ` + blenderTestJSON(blend)
 
 	t.Run("blender_render", func(t *testing.T) {
+		t.Parallel()
 		env := testEnv()
 		env.pidFile = filepath.Join(dir, "subprocess.pid")
 		res := runTestCommand(t, "blender_render", `{`+common+`, "frames": "1..3", "format": "PNG",
@@ -848,6 +850,7 @@ func TestBlenderRealRender(t *testing.T) {
 	})
 
 	t.Run("exr_sequence_to_jpeg", func(t *testing.T) {
+		t.Parallel()
 		exrDir := filepath.Join(dir, "exr")
 		res := runTestCommand(t, "blender_render", `{`+common+`, "frames": "1..2", "format": "OPEN_EXR",
 			"render_output": `+blenderTestJSON(exrDir+"/frame-######")+`}`, testEnv())
@@ -868,6 +871,7 @@ func TestBlenderRealRender(t *testing.T) {
 	})
 
 	t.Run("blender_render_audio", func(t *testing.T) {
+		t.Parallel()
 		flac := filepath.Join(dir, "audio", "mix.flac")
 		res := runTestCommand(t, "blender_render_audio", `{`+common+`, "render_output": `+blenderTestJSON(flac)+`,
 			"frame_start": 1, "frame_end": 3}`, testEnv())
@@ -896,18 +900,21 @@ func FuzzRenderTracker(f *testing.F) {
 	})
 }
 
-// TestExampleRenderTask runs the README's render example as a user would.
+// TestExampleRenderTask runs the README's render example as a user would,
+// in a worker process of its own.
 func TestExampleRenderTask(t *testing.T) {
+	t.Parallel()
 	blenderTestExecutable(t)
 	if _, err := os.Stat("/usr/bin/blender"); err != nil {
 		t.Skip("the example uses /usr/bin/blender (Debian's package)")
 	}
 	os.RemoveAll("/tmp/flamenco-example")
 	var stdout, stderr bytes.Buffer
-	t.Chdir(t.TempDir())
-	code := runTuned(t.Context(), []string{"--run-task", filepath.Join(startDir, "examples/render-task.json")}, &stdout, &stderr, testTuning())
-	if code != 0 {
-		t.Fatalf("exit code %d; stdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	cmd := exec.Command(os.Args[0], "--run-task", filepath.Join(startDir, "examples/render-task.json"))
+	cmd.Dir, cmd.Stdout, cmd.Stderr = t.TempDir(), &stdout, &stderr
+	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "GORACE=atexit_sleep_ms=0")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v; stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	for _, frame := range []string{"000001.png", "000002.png", "000003.png"} {
 		if _, err := os.Stat("/tmp/flamenco-example/frames/" + frame); err != nil {

@@ -25,7 +25,7 @@ func TestQueueFileStaysSmall(t *testing.T) {
 	payload := []byte(`{"log": "` + strings.Repeat("x", 100_000) + `"}`)
 	rounds := 20 // of 50 updates of 100 kB: 100 MB in all
 	if raceEnabled {
-		rounds = 4 // 20 MB: still more than twice the limit below
+		rounds = 3 // 15 MB: still nearly twice the limit below
 	}
 	for range rounds {
 		for range 50 {

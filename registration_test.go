@@ -66,6 +66,7 @@ func TestRefusedCredentialsBackOff(t *testing.T) {
 	for _, midRun := range []bool{false, true} {
 		name := map[bool]string{false: "at start-up", true: "mid-run"}[midRun]
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			f := newFarm(t, "").registered()
 			if !midRun {
 				f.fm.set(dropAuth)

@@ -78,6 +78,7 @@ func TestSubprocessEnvironment(t *testing.T) {
 }
 
 func TestSubprocessSilenceTimeout(t *testing.T) {
+	t.Parallel()
 	env := testEnv()
 	env.silenceTimeout = 300 * time.Millisecond
 	res := runTestCommand(t, "exec", `{"cmd": "sh -c 'echo hi; sleep 30'"}`, env)

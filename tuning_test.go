@@ -183,10 +183,10 @@ func TestHTTPTimeouts(t *testing.T) {
 			}
 		case "/may-i-run/5e0000000000000000000abc": // a slow body that keeps moving
 			w.WriteHeader(http.StatusOK)
-			for _, part := range []string{`{"may_`, `keep_`, `running"`, `: true`, `}`, ` `, ` `, ` `} {
+			for _, part := range []string{`{"may_`, `keep_`, `running"`, `: true`, `}`, ` `} {
 				w.Write([]byte(part))
 				w.(http.Flusher).Flush()
-				time.Sleep(200 * time.Millisecond) // 1.6 s in all, more than any limit
+				time.Sleep(200 * time.Millisecond) // 1.2 s in all, more than any limit
 			}
 		}
 	}))
@@ -213,6 +213,7 @@ func TestHTTPTimeouts(t *testing.T) {
 // TestHTTPTimeoutUpload: a Manager that stops reading a large update is
 // given up on after the idle timeout.
 func TestHTTPTimeoutUpload(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +242,7 @@ func TestHTTPTimeoutUpload(t *testing.T) {
 // never answers costs the response timeout; the worker then fetches again.
 func TestHangingTaskFetchIsRetried(t *testing.T) {
 	t.Parallel()
-	f := newFarm(t, "http_response_timeout_seconds = 2").registered()
+	f := newFarm(t, "http_response_timeout_seconds = 1").registered()
 	hung := make(chan struct{})
 	f.fm.set(func(fm *fakeManager) {
 		first := true

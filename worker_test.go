@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +99,17 @@ func (f *farm) registered() *farm {
 	f.fm.addWorker("5e0000000000000000000abc", "s3cret-s3cret")
 	writeFile(f.t, filepath.Join(f.home, ".flamenco-worker.cfg"), "[flamenco-worker]\nworker_id = 5e0000000000000000000abc\nworker_secret = s3cret-s3cret\n")
 	return f
+}
+
+// testSeed is the seed of a test's random choices: FW_TEST_SEED, or a new
+// one; it is logged so that a failure can be replayed.
+func testSeed(t *testing.T) uint64 {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FW_TEST_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("random seed %d (replay with FW_TEST_SEED=%d)", seed, seed)
+	return seed
 }
 
 // quietLogger discards everything, for tests that do not read the log.
