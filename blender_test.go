@@ -912,7 +912,7 @@ func TestExampleRenderTask(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(os.Args[0], "--run-task", filepath.Join(startDir, "examples/render-task.json"))
 	cmd.Dir, cmd.Stdout, cmd.Stderr = t.TempDir(), &stdout, &stderr
-	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1")
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%v; stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}

@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, tune))
 	}
+	// Every child (re-exec'd workers and tests) skips the race detector's
+	// 1 s sleep at exit; a race still fails it through exit code 66.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	// The end-to-end tests (t.Parallel) spend their time waiting for a
 	// worker process; run 8 at once unless -parallel says otherwise.
 	flag.Parse()
@@ -160,9 +163,7 @@ func startWith(f *farm, prepare func(*exec.Cmd), args ...string) *workerProc {
 	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Dir = f.dir
-	// atexit_sleep_ms=0: the race detector's 1 s sleep at exit is skipped; a
-	// race still fails the worker through exit code 66.
-	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
+	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home)
 	p.cmd.Env = append(p.cmd.Env, f.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	prepare(p.cmd)
