@@ -42,7 +42,7 @@ func TestOutputMemoryIsBounded(t *testing.T) {
 	// line (or the whole output) still fails.
 	lines, lineMB, garbageMB, lineLimit, garbageLimit := 2_000_000, 200, 50, 96, 40
 	if raceEnabled {
-		lines, lineMB, garbageMB, lineLimit, garbageLimit = 200_000, 32, 16, 24, 12
+		lines, lineMB, garbageMB, lineLimit, garbageLimit = 200_000, 32, 8, 24, 7
 	}
 	cases := []struct {
 		name, cmd string
