@@ -52,7 +52,7 @@ func maxCycles(window, base time.Duration) int {
 // the proxy is fixed.
 func TestRefusedCredentialsBackOff(t *testing.T) {
 	t.Parallel()
-	const window = 3 * time.Second
+	const window = 2 * time.Second
 	base := testTuning().registerRetry
 	dropAuth := func(fm *fakeManager) {
 		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
