@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -13,8 +12,6 @@ import (
 	"testing"
 	"time"
 )
-
-var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // cpuTime is the CPU time (user + system) this process has used.
 func cpuTime() time.Duration {

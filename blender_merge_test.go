@@ -118,6 +118,7 @@ func TestMergeRealBlender(t *testing.T) {
 	mergeTestEXRs(t, exe, fixtures)
 
 	t.Run("single", func(t *testing.T) {
+		t.Parallel()
 		out := filepath.Join(dir, "merged", "out.exr")
 		res := runTestCommand(t, "merge_progressive_renders", fmt.Sprintf(
 			`{"blender_cmd": %q, "input1": %q, "input2": %q, "output": %q, "weight1": 20, "weight2": 100}`, exe, in1, in2, out), testEnv())
@@ -144,6 +145,7 @@ func TestMergeRealBlender(t *testing.T) {
 	})
 
 	t.Run("sequence", func(t *testing.T) {
+		t.Parallel()
 		out := filepath.Join(seq, "merged", "merged-samples-######.exr")
 		res := runTestCommand(t, "merge_progressive_render_sequence", fmt.Sprintf(
 			`{"blender_cmd": %q, "input1": %q, "input2": %q, "output": %q, "weight1": 1, "weight2": 1, "frame_start": 3, "frame_end": 5}`,

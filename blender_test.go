@@ -224,6 +224,7 @@ func TestBlenderValidationErrors(t *testing.T) {
 }
 
 func TestBlenderFilepathGraceWait(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	exe := blenderTestFile(t, filepath.Join(dir, "blender"), "")
 	settingsFor := func(blend string) string {
@@ -456,17 +457,11 @@ func FuzzParseFrameSpec(f *testing.F) {
 	})
 }
 
-// blenderTestClock is a settable clock for the activity throttle.
-type blenderTestClock struct{ now time.Time }
-
-func (c *blenderTestClock) Now() time.Time          { return c.now }
-func (c *blenderTestClock) Advance(d time.Duration) { c.now = c.now.Add(d) }
-
 func TestRenderTrackerProgress(t *testing.T) {
 	c, finish := testCmdCtx(t, "blender_render", testEnv())
-	clock := &blenderTestClock{now: time.Unix(1700000000, 0)}
+	clock := &fakeClock{t: time.Unix(1700000000, 0)}
 	tr := newRenderTracker(c, "1..3")
-	tr.now = clock.Now
+	tr.now = clock.now
 	c.timing.checkpoint("starting blender")
 	fra := func(frame int, rest string) string {
 		return fmt.Sprintf("Fra:%d Mem:9.49M (Peak 10.20M) | Time:00:00.00 | %sMem:0.86M, Peak:0.86M | Scene, ViewLayer | ", frame, rest)
@@ -493,7 +488,7 @@ func TestRenderTrackerProgress(t *testing.T) {
 		{0, "Saved: '/out/000003.png'"},
 	}
 	for _, s := range steps {
-		clock.Advance(s.advance)
+		clock.set(clock.now().Add(s.advance))
 		tr.line(s.line)
 	}
 	c.timing.checkpoint("")
@@ -832,6 +827,7 @@ func TestBlenderRealRender(t *testing.T) {
 	common := `"blender_cmd": ` + blenderTestJSON(exe) + `, "filepath": ` + blenderTestJSON(blend)
 
 	t.Run("blender_render", func(t *testing.T) {
+		t.Parallel()
 		env := testEnv()
 		env.pidFile = filepath.Join(dir, "subprocess.pid")
 		res := runTestCommand(t, "blender_render", `{`+common+`, "frames": "1..3", "format": "PNG",
@@ -871,6 +867,7 @@ func TestBlenderRealRender(t *testing.T) {
 	})
 
 	t.Run("exr_sequence_to_jpeg", func(t *testing.T) {
+		t.Parallel()
 		exrDir := filepath.Join(dir, "exr")
 		res := runTestCommand(t, "blender_render", `{`+common+`, "frames": "1..2", "format": "OPEN_EXR",
 			"render_output": `+blenderTestJSON(exrDir+"/frame-######")+`}`, testEnv())
@@ -891,6 +888,7 @@ func TestBlenderRealRender(t *testing.T) {
 	})
 
 	t.Run("blender_render_audio", func(t *testing.T) {
+		t.Parallel()
 		flac := filepath.Join(dir, "audio", "mix.flac")
 		res := runTestCommand(t, "blender_render_audio", `{`+common+`, "render_output": `+blenderTestJSON(flac)+`,
 			"frame_start": 1, "frame_end": 3}`, testEnv())
@@ -917,4 +915,30 @@ func FuzzRenderTracker(f *testing.F) {
 			t.Errorf("frames %q, output %q: progress %v", frames, output, res.progress)
 		}
 	})
+}
+
+// TestExampleRenderTask runs the README's render example as a user would,
+// in a worker process of its own.
+func TestExampleRenderTask(t *testing.T) {
+	t.Parallel()
+	blenderTestExecutable(t)
+	if _, err := os.Stat("/usr/bin/blender"); err != nil {
+		t.Skip("the example uses /usr/bin/blender (Debian's package)")
+	}
+	os.RemoveAll("/tmp/flamenco-example")
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(os.Args[0], "--run-task", filepath.Join(startDir, "examples/render-task.json"))
+	cmd.Dir, cmd.Stdout, cmd.Stderr = t.TempDir(), &stdout, &stderr
+	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v; stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	for _, frame := range []string{"000001.png", "000002.png", "000003.png"} {
+		if _, err := os.Stat("/tmp/flamenco-example/frames/" + frame); err != nil {
+			t.Errorf("frame %s not rendered: %v", frame, err)
+		}
+		if !strings.Contains(stdout.String(), "output produced: /tmp/flamenco-example/frames/"+frame) {
+			t.Errorf("no output-produced line for %s", frame)
+		}
+	}
 }

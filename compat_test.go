@@ -138,6 +138,7 @@ func TestConfigErrorsExit47(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			f := newFarm(t, "").registered()
 			if c.cfg != "" {
 				writeFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), c.cfg)

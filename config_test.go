@@ -219,19 +219,12 @@ func configTestLoad(t *testing.T, main, home string) configTestRun {
 	t.Helper()
 	cfgDir, homeDir := t.TempDir(), t.TempDir()
 	r := configTestRun{cfgPath: filepath.Join(cfgDir, "main.cfg"), homePath: filepath.Join(homeDir, homeConfigName)}
-	configTestWrite(t, r.cfgPath, main)
+	writeFile(t, r.cfgPath, main)
 	if home != "-" {
-		configTestWrite(t, r.homePath, home)
+		writeFile(t, r.homePath, home)
 	}
 	r.cfg, r.err = loadConfig(r.cfgPath, homeDir, func(w string) { r.warnings = append(r.warnings, w) })
 	return r
-}
-
-func configTestWrite(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestConfigDefaults(t *testing.T) {
@@ -409,7 +402,7 @@ func TestConfigLayers(t *testing.T) {
 	t.Run("no home dir", func(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "main.cfg")
-		configTestWrite(t, path, main)
+		writeFile(t, path, main)
 		cfg, err := loadConfig(path, "", nil)
 		if err != nil || cfg.HomeConfig != "" || cfg.WorkerID != "from-cwd" {
 			t.Errorf("loadConfig without home dir = %+v, %v", cfg, err)
@@ -422,32 +415,32 @@ func TestConfigLayers(t *testing.T) {
 func TestConfigWorkingDirectory(t *testing.T) {
 	cwd, homeDir := t.TempDir(), t.TempDir()
 	t.Chdir(cwd)
-	configTestWrite(t, filepath.Join(homeDir, homeConfigName), "[flamenco-worker]\nworker_id = home-id\n")
+	writeFile(t, filepath.Join(homeDir, homeConfigName), "[flamenco-worker]\nworker_id = home-id\n")
 
 	cfg, err := loadConfig("", homeDir, nil)
 	if err != nil || cfg.WorkerID != "home-id" || len(cfg.LoadedFiles) != 1 {
 		t.Fatalf("loadConfig without a working-directory file = %+v, %v; want the home file only", cfg, err)
 	}
 
-	configTestWrite(t, cwdConfigName, "[flamenco-worker]\nworker_id = cwd-id\ntask_types = sleep\n")
+	writeFile(t, cwdConfigName, "[flamenco-worker]\nworker_id = cwd-id\ntask_types = sleep\n")
 	cfg, err = loadConfig("", homeDir, nil)
 	if err != nil || cfg.WorkerID != "home-id" || !reflect.DeepEqual(cfg.TaskTypes, []string{"sleep"}) {
 		t.Fatalf("loadConfig = %+v, %v; want task_types from ./%s and worker_id from home", cfg, err, cwdConfigName)
 	}
 
-	configTestWrite(t, cwdConfigName, "[flamenco-worker]\n\nmay_i_run_interval_seconds = 0\n")
+	writeFile(t, cwdConfigName, "[flamenco-worker]\n\nmay_i_run_interval_seconds = 0\n")
 	_, err = loadConfig("", homeDir, nil)
 	if want := "flamenco-worker.cfg:3: may_i_run_interval_seconds: must be more than 0, not 0"; err == nil || err.Error() != want {
 		t.Errorf("loadConfig error = %v, want %q", err, want)
 	}
 
 	other := filepath.Join(t.TempDir(), "other.cfg")
-	configTestWrite(t, other, "[flamenco-worker]\nmanager_url = http://other/\n")
+	writeFile(t, other, "[flamenco-worker]\nmanager_url = http://other/\n")
 	cfg, err = loadConfig(other, homeDir, nil)
 	if err != nil || cfg.ManagerURL != "http://other/" || cfg.WorkerID != "" {
 		t.Errorf("loadConfig(--config) = %+v, %v; want the --config file instead of ./%s, plus the home file without the default instance's credentials", cfg, err, cwdConfigName)
 	}
-	configTestWrite(t, cwdConfigName, "[flamenco-worker]\n")
+	writeFile(t, cwdConfigName, "[flamenco-worker]\n")
 	cfg, err = loadConfig("./"+cwdConfigName, homeDir, nil)
 	if err != nil || cfg.WorkerID != "home-id" || cfg.CredSection != workerSection {
 		t.Errorf("loadConfig(--config ./%s) = %+v, %v; want the default instance", cwdConfigName, cfg, err)
@@ -706,7 +699,7 @@ func TestCredentialsWrite(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, homeConfigName)
 			if tt.old != "-" {
-				configTestWrite(t, path, tt.old)
+				writeFile(t, path, tt.old)
 			}
 			if err := writeCredentials(path, id, secret); err != nil {
 				t.Fatalf("writeCredentials: %v", err)
@@ -730,7 +723,7 @@ func TestCredentialsReplaceAndMode(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, homeConfigName)
-	configTestWrite(t, path, "[flamenco-worker]\nmanager_url = http://m/\n[environment]\nA = 1\n")
+	writeFile(t, path, "[flamenco-worker]\nmanager_url = http://m/\n[environment]\nA = 1\n")
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -770,7 +763,7 @@ func TestCredentialsSymlink(t *testing.T) {
 	dir := t.TempDir()
 	real := filepath.Join(dir, "dotfiles-worker.cfg")
 	link := filepath.Join(dir, homeConfigName)
-	configTestWrite(t, real, "[flamenco-worker]\n")
+	writeFile(t, real, "[flamenco-worker]\n")
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
@@ -790,7 +783,7 @@ func TestCredentialsErrors(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, homeConfigName)
 	broken := "[flamenco-worker]\nthis is not ini\n"
-	configTestWrite(t, path, broken)
+	writeFile(t, path, broken)
 	tests := []struct{ name, id, secret, want string }{
 		{"unparsable file left alone", "id", "secret", "storing credentials: not changing a file that does not parse: " + path + `:2: expected "key = value", not "this is not ini"`},
 		{"line break in secret", "id", "top\nsecret", "storing credentials: worker ID or secret has line breaks or surrounding spaces"},

@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -25,15 +23,11 @@ func TestCrashSafety(t *testing.T) {
 	f := newFarm(t, "push_log_max_entries = 3").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(`sh -c 'i=0; while true; do echo "flood $i"; i=$((i+1)); sleep 0.002; done'`))
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("FW_TEST_SEED"); s != "" {
-		seed, _ = strconv.ParseUint(s, 10, 64)
-	}
-	t.Logf("random seed %d (replay the kill moments with FW_TEST_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, 1))
+	seed := testSeed(t)
+	rng, answers := rand.New(rand.NewPCG(seed, 1)), rand.New(rand.NewPCG(seed, 2)) // kill moments, 502s
 	f.fm.set(func(fm *fakeManager) {
 		fm.updateHook = func(int, string) int {
-			if rand.IntN(3) == 0 { // the global source: handlers run concurrently
+			if answers.IntN(3) == 0 { // under fm.mu
 				return http.StatusBadGateway
 			}
 			return 0

@@ -54,7 +54,12 @@ func duplicateLogUpdates(fm *fakeManager) (dups, total int) {
 // then send the same update again.
 func TestNoDuplicateUpdateAtShutdown(t *testing.T) {
 	t.Parallel()
-	rounds := envRounds("FW_TEST_DUP_ROUNDS", 40) // SIGTERM rounds; half as many SIGTSTP rounds
+	rounds := 40 // SIGTERM rounds; half as many SIGTSTP rounds; .ci/run runs 100 without -race
+	if raceEnabled {
+		rounds = 12 // each round is a worker process, ~8 times slower under the race detector
+	}
+	rounds = envRounds("FW_TEST_DUP_ROUNDS", rounds)
+	rng := rand.New(rand.NewPCG(testSeed(t), 4))
 	for _, asleep := range []bool{false, true} {
 		name, rounds := "SIGTERM mid-task", rounds
 		if asleep {
@@ -64,9 +69,10 @@ func TestNoDuplicateUpdateAtShutdown(t *testing.T) {
 			var results = make(chan [2]int, rounds)
 			t.Run("rounds", func(t *testing.T) {
 				for i := range rounds {
+					pause := time.Duration(rng.IntN(60)) * time.Millisecond // between SIGTSTP and SIGTERM
 					t.Run(fmt.Sprint(i), func(t *testing.T) {
 						t.Parallel()
-						results <- shutdownRound(t, asleep)
+						results <- shutdownRound(t, asleep, pause)
 					})
 				}
 			})
@@ -85,7 +91,7 @@ func TestNoDuplicateUpdateAtShutdown(t *testing.T) {
 
 // shutdownRound runs one worker on a steady task and stops it mid-task; it
 // returns the duplicates and the updates with log lines the Manager got.
-func shutdownRound(t *testing.T, asleep bool) [2]int {
+func shutdownRound(t *testing.T, asleep bool, pause time.Duration) [2]int {
 	f := newFarm(t, "").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(steadyTask))
@@ -97,7 +103,7 @@ func shutdownRound(t *testing.T, asleep bool) [2]int {
 		// worker is stopped soon after, as by a sleep schedule and then a
 		// reboot.
 		p.signal(syscall.SIGTSTP)
-		time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
+		time.Sleep(pause)
 	}
 	p.stop()
 	d, n := duplicateLogUpdates(f.fm)
@@ -166,14 +172,8 @@ func deliveryRig(t *testing.T) (*queue, *fakeManager, deliverer) {
 	fm.addWorker("5e0000000000000000000abc", "s")
 	fm.queueTask(taskID(1))
 	fm.set(func(fm *fakeManager) { fm.tasks[taskID(1)] = "active" })
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
-	q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.close() })
+	m := testManager(t, fm.URL())
+	q := mustOpenQueue(t, filepath.Join(t.TempDir(), "q.db"), quietLogger)
 	q.retry = backoff{min: 20 * time.Millisecond, max: 100 * time.Millisecond}
 	return q, fm, deliverer{send: m.postUpdate}
 }
@@ -377,4 +377,33 @@ func TestNoStaleActiveAfterConflict(t *testing.T) {
 			t.Errorf("status %v sent after the Manager answered 409: %.150s", s, u.Raw)
 		}
 	}
+}
+
+func TestNoFetchWhileQueueIsFull(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "push_log_max_entries = 1").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, logALot(30), `{"name": "sleep", "settings": {"time_in_seconds": 60}}`)
+	f.fm.set(func(fm *fakeManager) {
+		fm.updateHook = func(int, string) int { return http.StatusServiceUnavailable }
+	})
+	p := f.start()
+	db := filepath.Join(f.dir, "flamenco-worker.db")
+	waitFor(t, 10*time.Second, "updates to pile up", func() bool { return len(queuedPayloads(t, db)) > 20 })
+	p.signal(syscall.SIGKILL)
+	p.wait(5 * time.Second)
+
+	// Restarted with more than 10 updates queued and the Manager still refusing them.
+	fetches := f.fm.count("POST /task")
+	p2 := f.start()
+	waitFor(t, 10*time.Second, "the back-pressure message", func() bool {
+		return strings.Contains(p2.out.String(), "task update queue too large")
+	})
+	time.Sleep(300 * time.Millisecond) // several fetch intervals: no fetch may happen
+	if n := f.fm.count("POST /task"); n != fetches {
+		t.Errorf("fetched %d times while more than 10 updates were queued", n-fetches)
+	}
+	f.fm.set(func(fm *fakeManager) { fm.updateHook = nil })
+	waitFor(t, 10*time.Second, "fetching to resume", func() bool { return f.fm.count("POST /task") > fetches })
+	p2.stop()
 }

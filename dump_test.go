@@ -11,11 +11,7 @@ import (
 // queue cannot store, as on a full disk), a reporter blocks pushing; the
 // SIGUSR1 summary and an abort must still return.
 func TestSummaryWhileOutputIsStalled(t *testing.T) {
-	q, err := openQueue(filepath.Join(t.TempDir(), "q.db"), quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.close()
+	q := mustOpenQueue(t, filepath.Join(t.TempDir(), "q.db"), quietLogger)
 	cfg := defaultConfig()
 	cfg.PushLogMaxEntries = 1  // every line is an update
 	out := make(chan outgoing) // nobody reads it

@@ -540,3 +540,19 @@ func (fm *fakeManager) tlsURL() (url, caFile string) {
 	}
 	return srv.URL + "/", caFile
 }
+
+// testManager is a Manager client for url with the credentials the tests
+// give the fake Manager; limits, when given, replace the HTTP timeouts.
+func testManager(t *testing.T, url string, limits ...httpTimeouts) *manager {
+	t.Helper()
+	cfg := defaultConfig()
+	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
+	for _, l := range limits {
+		cfg.Tuning.http = l
+	}
+	m, err := newManager(&cfg, url, "test", quietLogger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

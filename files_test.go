@@ -364,6 +364,7 @@ func TestMoveOutOfWay(t *testing.T) {
 // a backup name in UTC instead of local time cannot go unnoticed on a
 // machine that runs in UTC.
 func TestMoveOutOfWayInCET(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("FILES_TEST_IN_CET") == "" {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestMoveOutOfWayInCET$", "-test.v")
 		cmd.Env = append(os.Environ(), "FILES_TEST_IN_CET=1", "TZ=Europe/Amsterdam")

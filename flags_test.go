@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -133,6 +134,41 @@ func TestUsageOutput(t *testing.T) {
 			code := runTuned(t.Context(), tt.args, &stdout, &stderr, testTuning())
 			if code != tt.code || stdout.String() != tt.stdout || stderr.String() != tt.stderr {
 				t.Errorf("run(%q) = %d, stdout %q, stderr %q; want %d, %q, %q", tt.args, code, stdout.String(), stderr.String(), tt.code, tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	cases := []struct {
+		args     []string
+		code     int
+		inStdout string
+		inStderr string
+	}{
+		{[]string{"--version"}, 0, "", ""},
+		{[]string{"-h"}, 0, "--run-task FILE", ""},
+		{[]string{"--no-such-flag"}, 2, "", "unrecognized arguments: --no-such-flag"},
+		{[]string{"extra-arg"}, 2, "", "unrecognized arguments: extra-arg"},
+		{[]string{"--run-task", "examples/hello-task.json"}, 0, "status: completed", ""},
+		{[]string{"--run-task", "testdata/failing-task.json"}, 1, "status: failed", ""},
+		{[]string{"--run-task", "/does/not/exist.json"}, 2, "", "no such file"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			t.Chdir(t.TempDir())
+			for i, a := range c.args {
+				if strings.HasSuffix(a, ".json") && !strings.HasPrefix(a, "/") {
+					c.args[i] = filepath.Join(startDir, a)
+				}
+			}
+			code := runTuned(t.Context(), c.args, &stdout, &stderr, testTuning())
+			if code != c.code {
+				t.Errorf("exit code = %d, want %d; stderr:\n%s", code, c.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), c.inStdout) || !strings.Contains(stderr.String(), c.inStderr) {
+				t.Errorf("stdout:\n%s\nstderr:\n%s\nwant %q / %q", stdout.String(), stderr.String(), c.inStdout, c.inStderr)
 			}
 		})
 	}

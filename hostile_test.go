@@ -75,9 +75,7 @@ func TestManagerClientBoundsResponses(t *testing.T) {
 			fm.set(func(fm *fakeManager) {
 				fm.hijack = func(w http.ResponseWriter, r *http.Request) bool { h.serve(w, r); return true }
 			})
-			cfg := defaultConfig()
-			cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-			m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
+			m := testManager(t, fm.URL())
 			m.client.Timeout = 500 * time.Millisecond
 			var before runtime.MemStats
 			runtime.ReadMemStats(&before)
@@ -103,5 +101,29 @@ func TestManagerClientBoundsResponses(t *testing.T) {
 				t.Errorf("allocated %d MiB for one response", grown>>20)
 			}
 		})
+	}
+}
+
+func TestGarbageTaskDoesNotCrash(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "").registered()
+	served := 0
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/task" || served >= 3 {
+				return false
+			}
+			served++
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte([]string{"<html>proxy error</html>", `{"_id": 12}`, `{"commands": "nope"`}[served-1]))
+			return true
+		}
+	})
+	f.fm.queueTask(taskID(1), echoCmd("real task"))
+	p := f.start()
+	waitFor(t, 15*time.Second, "the real task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	if !strings.Contains(p.out.String(), "Manager sent a task we cannot read") {
+		t.Errorf("garbage task not logged")
 	}
 }

@@ -166,10 +166,10 @@ func TestStaleLockIsNoObstacle(t *testing.T) {
 func TestInstanceCredentialSections(t *testing.T) {
 	cfgDir, homeDir := t.TempDir(), t.TempDir()
 	gpu1 := filepath.Join(cfgDir, "gpu1.cfg")
-	configTestWrite(t, gpu1, "[flamenco-worker]\ntask_types = sleep\nworker_id = from-gpu1-cfg\n")
+	writeFile(t, gpu1, "[flamenco-worker]\ntask_types = sleep\nworker_id = from-gpu1-cfg\n")
 	section := "flamenco-worker:" + canonicalPath(gpu1)
 	home := filepath.Join(homeDir, homeConfigName)
-	configTestWrite(t, home, "# shared\n[flamenco-worker]\nmanager_url = http://m/\nworker_id = default-id\nworker_secret = default-secret\n\n["+section+"]\nworker_id = gpu1-id\nworker_secret = gpu1-secret\n")
+	writeFile(t, home, "# shared\n[flamenco-worker]\nmanager_url = http://m/\nworker_id = default-id\nworker_secret = default-secret\n\n["+section+"]\nworker_id = gpu1-id\nworker_secret = gpu1-secret\n")
 
 	os.Chmod(home, 0o600)
 	var warnings []string
@@ -187,7 +187,7 @@ func TestInstanceCredentialSections(t *testing.T) {
 	// Without an entry of its own, the --config file's credentials count
 	// (the Python worker's way), never the default instance's.
 	gpu2 := filepath.Join(cfgDir, "gpu2.cfg")
-	configTestWrite(t, gpu2, "[flamenco-worker]\nworker_id = from-gpu2-cfg\nworker_secret = s2\n")
+	writeFile(t, gpu2, "[flamenco-worker]\nworker_id = from-gpu2-cfg\nworker_secret = s2\n")
 	if cfg, err := loadConfig(gpu2, homeDir, nil); err != nil || cfg.WorkerID != "from-gpu2-cfg" || cfg.WorkerSecret != "s2" {
 		t.Errorf("loadConfig(--config gpu2.cfg) = %+v, %v; want its own file's credentials", cfg, err)
 	}
@@ -209,7 +209,7 @@ func TestInstanceCredentialSections(t *testing.T) {
 	}
 
 	odd := filepath.Join(cfgDir, "gpu[1].cfg")
-	configTestWrite(t, odd, "[flamenco-worker]\n")
+	writeFile(t, odd, "[flamenco-worker]\n")
 	if _, err := loadConfig(odd, homeDir, nil); err == nil || !strings.Contains(err.Error(), "rename the file") {
 		t.Errorf("loadConfig(%q) error = %v, want a refusal", odd, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,15 +16,21 @@ import (
 // groupOf waits for a task's "group <pgid>" log line and returns the pgid.
 func groupOf(t *testing.T, fm *fakeManager, id string) int {
 	t.Helper()
-	var pgid int
-	waitFor(t, 15*time.Second, "the subprocess to start", func() bool {
-		m := regexp.MustCompile(`> group (\d+)`).FindStringSubmatch(fm.logText(id))
+	return loggedNumber(t, fm, id, "group")
+}
+
+// loggedNumber waits for a task's "<word> <n>" log line and returns n.
+func loggedNumber(t *testing.T, fm *fakeManager, id, word string) int {
+	t.Helper()
+	var n int
+	waitFor(t, 15*time.Second, "the subprocess to log its "+word, func() bool {
+		m := regexp.MustCompile(`> ` + word + ` (\d+)`).FindStringSubmatch(fm.logText(id))
 		if m != nil {
-			fmt.Sscan(m[1], &pgid)
+			n, _ = strconv.Atoi(m[1])
 		}
-		return pgid > 0
+		return n > 0
 	})
-	return pgid
+	return n
 }
 
 // longTask prints its process group, then a line every 50 ms for a minute.
@@ -313,5 +320,23 @@ func TestSIGUSR1DuringTask(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("state summary lacks %q", want)
 		}
+	}
+}
+
+func TestSingleTaskMode(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "").registered()
+	f.fm.queueTask(taskID(1), echoCmd("one"))
+	f.fm.queueTask(taskID(2), echoCmd("two"))
+	p := f.start("--single")
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code = %d, want 0", code)
+	}
+	if f.fm.taskStatus(taskID(1)) != "completed" || f.fm.taskStatus(taskID(2)) != "queued" {
+		t.Errorf("task statuses %s, %s; want completed, queued", f.fm.taskStatus(taskID(1)), f.fm.taskStatus(taskID(2)))
+	}
+	calls := f.fm.callPaths()
+	if calls[len(calls)-1] != "POST /sign-off" {
+		t.Errorf("last call = %s, want POST /sign-off", calls[len(calls)-1])
 	}
 }

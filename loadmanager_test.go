@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// TestBenchManager serves a minimal Flamenco Manager for the measurement
+// TestLoadManager serves a minimal Flamenco Manager for the measurement
 // scripts in bench/ when FW_BENCH_MANAGER=host:port is set; otherwise it
 // skips. It accepts any credentials, hands out the task in FW_BENCH_TASK
 // (a JSON file) once, answers 204 to every other fetch, accepts every

@@ -207,7 +207,7 @@ func TestParsePyLiteral(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock for timed rotation.
+// fakeClock is a settable clock (timed rotation, the activity throttle).
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -528,7 +528,7 @@ func startWithStderrFile(t *testing.T, f *farm, stderr *os.File, env ...string) 
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Dir = f.dir
-	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -169,14 +168,7 @@ func TestSIGKILLedWorkerLeavesNoGrandchildren(t *testing.T) {
 // the test's cleanup kills it.
 func daemonOf(t *testing.T, fm *fakeManager, id string) int {
 	t.Helper()
-	var pid int
-	waitFor(t, 15*time.Second, "the daemon to start", func() bool {
-		m := regexp.MustCompile(`> daemon (\d+)`).FindStringSubmatch(fm.logText(id))
-		if m != nil {
-			pid, _ = strconv.Atoi(m[1])
-		}
-		return pid > 0
-	})
+	pid := loggedNumber(t, fm, id, "daemon")
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	return pid
 }
@@ -245,6 +237,7 @@ func waitFile(t *testing.T, path string) int {
 // TestCancelDoesNotWaitForPipeHolder: a chatty process in its own session
 // that holds the output pipe open does not keep a canceled command running.
 func TestCancelDoesNotWaitForPipeHolder(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	holderPID := filepath.Join(dir, "holder.pid")
 	script := filepath.Join(dir, "hold.sh")
@@ -269,6 +262,7 @@ sleep 300
 // for longer than subprocess_timeout_seconds finds the child's output
 // waiting in the pipe when it resumes: the child was not silent.
 func TestStoppedWorkerKeepsChattyChild(t *testing.T) {
+	t.Parallel()
 	f := newFarm(t, "subprocess_timeout_seconds = 1").registered()
 	id := taskID(1)
 	f.fm.queueTask(id, execCmd(`sh -c 'i=0; while [ $i -lt 100 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done'`))
@@ -276,7 +270,7 @@ func TestStoppedWorkerKeepsChattyChild(t *testing.T) {
 	waitFor(t, 15*time.Second, "the child's output", func() bool { return strings.Contains(f.fm.logText(id), "> tick 5") })
 	for range 2 {
 		p.signal(syscall.SIGSTOP)
-		time.Sleep(2500 * time.Millisecond) // the pause itself, longer than the silence timeout
+		time.Sleep(1500 * time.Millisecond) // the pause itself, longer than the silence timeout
 		p.signal(syscall.SIGCONT)
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -373,6 +367,7 @@ func TestRemoveRefusesDangerousPaths(t *testing.T) {
 // period (2 s in testEnv): the child traps TERM, writes a marker, is still
 // alive half a second later, and ignores TERM until KILLed.
 func TestAbortSendsTERMThenKILLAfterGrace(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ready, termMark, aliveMark := filepath.Join(dir, "ready"), filepath.Join(dir, "term"), filepath.Join(dir, "alive")
 	script := filepath.Join(dir, "stubborn.sh")

@@ -19,19 +19,13 @@ func TestQueueFileStaysSmall(t *testing.T) {
 		http.Error(w, "Task is unknown.", http.StatusNotFound)
 	}))
 	defer srv.Close()
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	m, _ := newManager(&cfg, srv.URL, "test", quietLogger)
+	m := testManager(t, srv.URL)
 	path := filepath.Join(t.TempDir(), "q.db")
-	q, err := openQueue(path, quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.close()
+	q := mustOpenQueue(t, path, quietLogger)
 	payload := []byte(`{"log": "` + strings.Repeat("x", 100_000) + `"}`)
 	rounds := 20 // of 50 updates of 100 kB: 100 MB in all
 	if raceEnabled {
-		rounds = 4 // 20 MB: still more than twice the limit below
+		rounds = 3 // 15 MB: still nearly twice the limit below
 	}
 	for range rounds {
 		for range 50 {

@@ -52,7 +52,7 @@ func maxCycles(window, base time.Duration) int {
 // the proxy is fixed.
 func TestRefusedCredentialsBackOff(t *testing.T) {
 	t.Parallel()
-	const window = 3 * time.Second
+	const window = 2 * time.Second
 	base := testTuning().registerRetry
 	dropAuth := func(fm *fakeManager) {
 		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
@@ -66,6 +66,7 @@ func TestRefusedCredentialsBackOff(t *testing.T) {
 	for _, midRun := range []bool{false, true} {
 		name := map[bool]string{false: "at start-up", true: "mid-run"}[midRun]
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			f := newFarm(t, "").registered()
 			if !midRun {
 				f.fm.set(dropAuth)
@@ -100,5 +101,45 @@ func TestRefusedCredentialsBackOff(t *testing.T) {
 			})
 			p.stop()
 		})
+	}
+}
+
+func TestRegistrationSecret(t *testing.T) {
+	t.Parallel()
+	t.Run("right secret: Bearer JWT accepted", func(t *testing.T) {
+		f := newFarm(t, "worker_registration_secret = let-me-in")
+		f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
+		p := f.start()
+		waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+		p.stop()
+	})
+	t.Run("wrong secret: clear error, exit 1", func(t *testing.T) {
+		f := newFarm(t, "worker_registration_secret = wrong")
+		f.fm.set(func(fm *fakeManager) { fm.regSecret = "let-me-in" })
+		p := f.start()
+		if code := p.wait(10 * time.Second); code != 1 {
+			t.Errorf("exit code = %d, want 1", code)
+		}
+		if out := p.out.String(); !strings.Contains(out, "worker_registration_secret") {
+			t.Errorf("output does not name worker_registration_secret:\n%s", out)
+		}
+		if f.fm.count("POST /register-worker") != 1 {
+			t.Errorf("registration retried after a 403: %v", f.fm.callPaths())
+		}
+	})
+}
+
+func TestManagerForgetsWorkerMidRun(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "").registered()
+	p := f.start()
+	waitFor(t, 10*time.Second, "a task fetch", func() bool { return f.fm.count("POST /task") > 0 })
+	// The Manager's database is reset: our credentials are unknown now.
+	f.fm.set(func(fm *fakeManager) { fm.workers = map[string]string{} })
+	f.fm.queueTask(taskID(1), echoCmd("after the reset"))
+	waitFor(t, 10*time.Second, "the task to complete", func() bool { return f.fm.taskStatus(taskID(1)) == "completed" })
+	p.stop()
+	if f.fm.count("POST /register-worker") != 1 {
+		t.Errorf("calls = %v, want one re-registration", f.fm.callPaths())
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,4 +191,38 @@ func TestSIGCONTKeepsManagerSleep(t *testing.T) {
 	f.fm.set(func(fm *fakeManager) { fm.statusRequested = "awake" })
 	waitFor(t, 10*time.Second, "the awake ack", func() bool { return f.fm.count("POST /ack-status-change/awake") == 1 })
 	p.stop()
+}
+
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "").registered()
+	// A task whose process ignores SIGTERM: a clean shutdown would wait the grace period.
+	f.fm.queueTask(taskID(1), execCmd(`sh -c 'trap "" TERM; echo started; sleep 60'`))
+	p := f.start()
+	waitFor(t, 10*time.Second, "the task to start", func() bool { return strings.Contains(f.fm.logText(taskID(1)), "> started") })
+	p.signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the shutdown to begin", func() bool { return strings.Contains(p.out.String(), "shutting down cleanly") })
+	// A sign-off that never ends holds the clean shutdown for its whole
+	// budget (9 s); the forced exit must not wait for it.
+	hold := make(chan struct{})
+	defer close(hold)
+	f.fm.set(func(fm *fakeManager) {
+		fm.hijack = func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/sign-off" {
+				return false
+			}
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			return true
+		}
+	})
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(5 * time.Second); code != 1 {
+		t.Errorf("second SIGTERM: exit %d, want 1", code)
+	}
+	if strings.Contains(p.out.String(), "database is closed") {
+		t.Errorf("the forced exit closed the queue under a running goroutine:\n%s", p.out.String())
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -85,11 +84,7 @@ func TestTooLargeUpdateIsSplit(t *testing.T) {
 // final status last.
 func TestSplitStress(t *testing.T) {
 	t.Parallel()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("FW_TEST_SEED"); s != "" {
-		seed, _ = strconv.ParseUint(s, 10, 64)
-	}
-	t.Logf("seed %d (replay with FW_TEST_SEED=%d)", seed, seed)
+	seed := testSeed(t)
 	n := 1000 // .ci/run runs these 1,000 without -race
 	if raceEnabled || testing.Short() {
 		n = 100 // the race detector makes JSON and SQLite ~8 times slower
@@ -126,14 +121,8 @@ func TestSplitStress(t *testing.T) {
 			panic(http.ErrAbortHandler) // the connection drops without an answer
 		}
 	})
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	m, _ := newManager(&cfg, fm.URL(), "test", quietLogger)
-	q, err := openQueue(t.TempDir()+"/q.db", quietLogger, defaultTuning().updateBackoff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.close()
+	m := testManager(t, fm.URL())
+	q := mustOpenQueue(t, t.TempDir()+"/q.db", quietLogger)
 	q.retry = backoff{min: time.Millisecond, max: 5 * time.Millisecond}
 
 	// The updates: mostly a few short lines, some batches of long

@@ -78,6 +78,7 @@ func TestSubprocessEnvironment(t *testing.T) {
 }
 
 func TestSubprocessSilenceTimeout(t *testing.T) {
+	t.Parallel()
 	env := testEnv()
 	env.silenceTimeout = 300 * time.Millisecond
 	res := runTestCommand(t, "exec", `{"cmd": "sh -c 'echo hi; sleep 30'"}`, env)
@@ -176,5 +177,22 @@ func TestShlex(t *testing.T) {
 		if got := shellQuote(in); got != want {
 			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestSilentSubprocessIsKilled(t *testing.T) {
+	t.Parallel()
+	f := newFarm(t, "subprocess_timeout_seconds = 0.5").registered()
+	id := taskID(1)
+	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 60'`))
+	p := f.start()
+	pgid := groupOf(t, f.fm, id)
+	waitFor(t, 10*time.Second, "the task to fail", func() bool { return f.fm.taskStatus(id) == "failed" })
+	p.stop()
+	if live := liveGroupMembers(pgid); len(live) > 0 {
+		t.Errorf("processes %v of the silent command still alive", live)
+	}
+	if !strings.Contains(f.fm.logText(id), "produced no output for 0 seconds") {
+		t.Errorf("task log does not say why:\n%s", f.fm.logText(id))
 	}
 }

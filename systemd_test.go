@@ -94,6 +94,7 @@ func TestWatchdogStopsWhenALoopIsStuck(t *testing.T) {
 			name = "no wedge"
 		}
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			ns := newNotifySocket(t)
 			f := newFarm(t, "").registered()
 			if loop == "forward" { // the forwarder beats when an update comes: give it a task to report on
@@ -102,8 +103,8 @@ func TestWatchdogStopsWhenALoopIsStuck(t *testing.T) {
 			f.env = []string{"NOTIFY_SOCKET=" + ns.path, "WATCHDOG_USEC=1000000", "FW_TEST_WEDGE=" + loop}
 			p := f.start()
 			if loop == "" {
-				// 20 pings at one per 250 ms: well past a wedge's 1 s and 500 ms of staleness.
-				waitFor(t, 20*time.Second, "20 watchdog pings", func() bool { return len(ns.messages("WATCHDOG=1")) >= 20 })
+				// 12 pings at one per 250 ms: well past a wedge's 1 s and 500 ms of staleness.
+				waitFor(t, 20*time.Second, "12 watchdog pings", func() bool { return len(ns.messages("WATCHDOG=1")) >= 12 })
 				p.stop()
 				return
 			}
@@ -124,7 +125,7 @@ func TestSystemdStatusLine(t *testing.T) {
 	t.Parallel()
 	ns := newNotifySocket(t)
 	missing := filepath.Join(t.TempDir(), "not-mounted")
-	f := newFarm(t, "error_retry_seconds = 3").registered()
+	f := newFarm(t, "error_retry_seconds = 0.5").registered()
 	appendFile(t, filepath.Join(f.dir, "flamenco-worker.cfg"), "[pre_task_check]\nread.0 = "+missing+"\n")
 	id := taskID(1)
 	f.fm.queueTask(id, echoCmd("first"), execCmd(longTask))

@@ -159,18 +159,6 @@ func TestTuningInVerbose(t *testing.T) {
 	}
 }
 
-// timeoutManager is a manager for a test server, with short HTTP limits.
-func timeoutManager(t *testing.T, url string, limits httpTimeouts) *manager {
-	cfg := defaultConfig()
-	cfg.WorkerID, cfg.WorkerSecret = "5e0000000000000000000abc", "s"
-	cfg.Tuning.http = limits
-	m, err := newManager(&cfg, url, "test", quietLogger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // TestHTTPTimeouts: a Manager that accepts and never answers, or stops in
 // the middle of a body, costs the timeout, not more; a body that keeps
 // moving may take longer than any single timeout.
@@ -195,15 +183,15 @@ func TestHTTPTimeouts(t *testing.T) {
 			}
 		case "/may-i-run/5e0000000000000000000abc": // a slow body that keeps moving
 			w.WriteHeader(http.StatusOK)
-			for _, part := range []string{`{"may_`, `keep_`, `running"`, `: true`, `}`, ` `, ` `, ` `} {
+			for _, part := range []string{`{"may_`, `keep_`, `running"`, `: true`, `}`, ` `} {
 				w.Write([]byte(part))
 				w.(http.Flusher).Flush()
-				time.Sleep(200 * time.Millisecond) // 1.6 s in all, more than any limit
+				time.Sleep(200 * time.Millisecond) // 1.2 s in all, more than any limit
 			}
 		}
 	}))
 	defer srv.Close()
-	m := timeoutManager(t, srv.URL, limits)
+	m := testManager(t, srv.URL, limits)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 
@@ -225,6 +213,7 @@ func TestHTTPTimeouts(t *testing.T) {
 // TestHTTPTimeoutUpload: a Manager that stops reading a large update is
 // given up on after the idle timeout.
 func TestHTTPTimeoutUpload(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -239,7 +228,7 @@ func TestHTTPTimeoutUpload(t *testing.T) {
 			defer c.Close() // accepted, never read
 		}
 	}()
-	m := timeoutManager(t, "http://"+ln.Addr().String(), httpTimeouts{connect: time.Second, header: time.Second, idle: 500 * time.Millisecond})
+	m := testManager(t, "http://"+ln.Addr().String(), httpTimeouts{connect: time.Second, header: time.Second, idle: 500 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	body := []byte(`{"log": "` + strings.Repeat("x", 64<<20) + `"}`) // more than any socket buffer
@@ -253,7 +242,7 @@ func TestHTTPTimeoutUpload(t *testing.T) {
 // never answers costs the response timeout; the worker then fetches again.
 func TestHangingTaskFetchIsRetried(t *testing.T) {
 	t.Parallel()
-	f := newFarm(t, "http_response_timeout_seconds = 2").registered()
+	f := newFarm(t, "http_response_timeout_seconds = 1").registered()
 	hung := make(chan struct{})
 	f.fm.set(func(fm *fakeManager) {
 		first := true

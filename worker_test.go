@@ -6,12 +6,14 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,6 +41,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(runTuned(context.Background(), os.Args[1:], os.Stdout, os.Stderr, tune))
 	}
+	// Every child (re-exec'd workers and tests) skips the race detector's
+	// 1 s sleep at exit; a race still fails it through exit code 66.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	// The end-to-end tests (t.Parallel) spend their time waiting for a
 	// worker process; run 8 at once unless -parallel says otherwise.
 	flag.Parse()
@@ -62,6 +67,9 @@ func testTuning() tuning {
 		ssdpTargets:   strings.Fields(os.Getenv("FW_TEST_SSDP")),
 	}
 }
+
+// startDir is the package directory (tests run in it before any Chdir).
+var startDir, _ = os.Getwd()
 
 // farm is one worker's directories and its fake Manager.
 type farm struct {
@@ -95,6 +103,20 @@ func (f *farm) registered() *farm {
 	writeFile(f.t, filepath.Join(f.home, ".flamenco-worker.cfg"), "[flamenco-worker]\nworker_id = 5e0000000000000000000abc\nworker_secret = s3cret-s3cret\n")
 	return f
 }
+
+// testSeed is the seed of a test's random choices: FW_TEST_SEED, or a new
+// one; it is logged so that a failure can be replayed.
+func testSeed(t *testing.T) uint64 {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("FW_TEST_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("random seed %d (replay with FW_TEST_SEED=%d)", seed, seed)
+	return seed
+}
+
+// quietLogger discards everything, for tests that do not read the log.
+var quietLogger = slog.New(slog.DiscardHandler)
 
 func writeFile(t testing.TB, path, content string) {
 	t.Helper()
@@ -141,9 +163,7 @@ func startWith(f *farm, prepare func(*exec.Cmd), args ...string) *workerProc {
 	p := &workerProc{t: f.t, out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], args...)
 	p.cmd.Dir = f.dir
-	// atexit_sleep_ms=0: the race detector's 1 s sleep at exit is skipped; a
-	// race still fails the worker through exit code 66.
-	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home, "GORACE=atexit_sleep_ms=0")
+	p.cmd.Env = append(os.Environ(), "FW_TEST_WORKER=1", "HOME="+f.home)
 	p.cmd.Env = append(p.cmd.Env, f.env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	prepare(p.cmd)
@@ -489,14 +509,7 @@ func TestSIGTERMAbortsTaskAndSignsOff(t *testing.T) {
 	// The task starts a background child, then waits: both must be gone.
 	f.fm.queueTask(id, execCmd(`sh -c 'echo group $$; sleep 300 & sleep 300; wait'`))
 	p := f.start()
-	var pgid int
-	waitFor(t, 15*time.Second, "the subprocess to start", func() bool {
-		m := regexp.MustCompile(`> group (\d+)`).FindStringSubmatch(f.fm.logText(id))
-		if m != nil {
-			fmt.Sscan(m[1], &pgid)
-		}
-		return pgid > 0
-	})
+	pgid := groupOf(t, f.fm, id)
 	p.stop() // a clean exit 0; bench/ measures how long it takes
 	if live := liveGroupMembers(pgid); len(live) > 0 {
 		t.Errorf("processes %v of the task's group %d still alive after shutdown", live, pgid)
