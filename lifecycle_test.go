@@ -187,9 +187,7 @@ func TestPreTaskChecks(t *testing.T) {
 		if n := f.fm.count("POST /task"); n != 0 {
 			t.Errorf("%d fetches despite a failing pre-task check", n)
 		}
-		if !strings.Contains(p.out.String(), missing) {
-			t.Errorf("log does not name the failing path")
-		}
+		waitFor(t, 5*time.Second, "the failing path in the log", func() bool { return strings.Contains(p.out.String(), missing) })
 		// The share comes back: after error_retry_seconds the worker wakes and works.
 		os.MkdirAll(missing, 0o755)
 		waitFor(t, 10*time.Second, "waking up", func() bool { return f.fm.count("POST /ack-status-change/awake") >= 1 })

@@ -12,8 +12,8 @@ import (
 )
 
 // applyTestHooks sets the test hooks a re-exec'd worker reads from its
-// environment: FW_TEST_CAUGHT_FD=N writes one byte to fd N once signals are
-// caught; FW_TEST_WEDGE=LOOP blocks LOOP for good right after its first heartbeat
+// environment: FW_TEST_CAUGHT_FD=3 writes one byte to fd 3 once signals are
+// caught, then waits until fd 4 is closed; FW_TEST_WEDGE=LOOP blocks LOOP for good right after its first heartbeat
 // after one second.
 func applyTestHooks(tune *tuning) {
 	if os.Getenv("FW_TEST_CAUGHT_FD") == "3" {
@@ -21,6 +21,9 @@ func applyTestHooks(tune *tuning) {
 			f := os.NewFile(3, "caught")
 			f.Write([]byte{1})
 			f.Close()
+			g := os.NewFile(4, "go on")
+			g.Read(make([]byte, 1)) // EOF once the test has sent its signal
+			g.Close()
 		}
 	}
 	if loop := os.Getenv("FW_TEST_WEDGE"); loop != "" {
@@ -33,23 +36,30 @@ func applyTestHooks(tune *tuning) {
 	}
 }
 
-// startEarly starts the worker with a pipe on fd 3 and returns once the
-// worker has caught its signals: the earliest moment a Go program can
-// handle one (before it, between execve and the Go runtime's start, the
-// kernel's default action applies to any program).
-func startEarly(f *farm) *workerProc {
+// startEarly starts the worker with a pipe on fd 3, sends sig once the
+// worker has caught its signals (the earliest moment a Go program can
+// handle one: before it, between execve and the Go runtime's start, the
+// kernel's default action applies to any program), then lets it go on.
+func startEarly(f *farm, sig syscall.Signal) *workerProc {
 	f.t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	defer r.Close()
+	goOnR, goOn, err := os.Pipe()
+	if err != nil {
+		f.t.Fatal(err)
+	}
 	f.env = append(f.env, "FW_TEST_CAUGHT_FD=3")
-	p := startWith(f, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{w} })
+	p := startWith(f, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{w, goOnR} })
 	w.Close()
+	goOnR.Close()
+	defer goOn.Close() // the worker goes on once sig is sent
 	if _, err := r.Read(make([]byte, 1)); err != nil {
 		f.t.Fatalf("worker did not report catching its signals: %v; output:\n%s", err, p.out.String())
 	}
+	p.signal(sig)
 	return p
 }
 
@@ -66,8 +76,7 @@ func TestEarlySignals(t *testing.T) {
 	t.Parallel()
 	t.Run("SIGTERM before the Manager connection: clean exit", func(t *testing.T) {
 		f := newFarm(t, "").registered()
-		p := startEarly(f)
-		p.signal(syscall.SIGTERM)
+		p := startEarly(f, syscall.SIGTERM)
 		p.wait(15 * time.Second)
 		if got := exitedBy(p); got != "exit 0" {
 			t.Fatalf("worker sent SIGTERM at its start: %s, want exit 0; output:\n%s", got, p.out.String())
@@ -75,8 +84,7 @@ func TestEarlySignals(t *testing.T) {
 	})
 	t.Run("SIGTSTP at the start: asleep, not stopped", func(t *testing.T) {
 		f := newFarm(t, "").registered()
-		p := startEarly(f)
-		p.signal(syscall.SIGTSTP)
+		p := startEarly(f, syscall.SIGTSTP)
 		waitFor(t, 10*time.Second, "the asleep ack", func() bool { return f.fm.count("POST /ack-status-change/asleep") == 1 })
 		if n := f.fm.count("POST /task"); n != 0 {
 			t.Errorf("%d task fetches after an early SIGTSTP", n)
