@@ -50,7 +50,7 @@ func TestCrashSafety(t *testing.T) {
 		fm.mayIRunHook = func(string) (bool, string) { return false, "" }
 	})
 	p := f.start()
-	waitFor(t, 20*time.Second, "the queue to drain", func() bool { return len(queuedPayloads(t, db)) == 0 && f.fm.count("POST /tasks/"+id+"/return") > 0 })
+	waitFor(t, 60*time.Second, "the queue to drain", func() bool { return len(queuedPayloads(t, db)) == 0 && f.fm.count("POST /tasks/"+id+"/return") > 0 })
 	p.stop()
 
 	// Each kill's queue must appear, in order, within what the Manager got
