@@ -14,19 +14,18 @@ import (
 	"time"
 )
 
-// Worker states (spec/python-worker.md §6.1). "testing" is only reported.
+// Worker states (spec/python-worker.md §6.1; "testing" is only reported),
+// the local signals' requests (a local wake-up does not override a sleep
+// the Manager asked for) and why the worker is asleep (for STATUS=).
 const (
 	stateAwake    = "awake"
 	stateAsleep   = "asleep"
 	stateError    = "error"
 	stateShutdown = "shutting-down"
 
-	// Requests from a local signal: a local wake-up does not override a
-	// sleep the Manager asked for.
 	sleepLocal = "asleep (SIGTSTP)"
 	wakeLocal  = "awake (signal)"
 
-	// Why the worker is asleep, for the log and systemd's STATUS= line.
 	asleepByManager = "requested by the Manager"
 	asleepBySignal  = "SIGTSTP"
 )
@@ -76,7 +75,12 @@ func newWorker(cfg *Config, mgr *manager, q *queue, env *runEnv, out chan outgoi
 	}
 }
 
-func (w *worker) getState() string { w.mu.Lock(); defer w.mu.Unlock(); return w.state }
+// snapshot is what the loop, SIGUSR1 and STATUS= read under mu.
+func (w *worker) snapshot() (state string, cur *runningTask, asleepBy, trouble string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state, w.current, w.asleepBy, w.trouble
+}
 
 func (w *worker) setState(s string) { w.mu.Lock(); defer w.mu.Unlock(); w.state = s }
 
@@ -102,8 +106,7 @@ func (w *worker) request(status string) {
 	}
 }
 
-// loop is the worker's main loop; it returns when ctx ends or the worker
-// shuts down on request.
+// loop is the worker's main loop; it ends with ctx or on a shutdown request.
 func (w *worker) loop(ctx context.Context) {
 	ctx = w.live.in(ctx, "fetch")
 	for ctx.Err() == nil {
@@ -114,11 +117,15 @@ func (w *worker) loop(ctx context.Context) {
 			continue
 		default:
 		}
-		switch w.getState() {
+		switch state, _, _, _ := w.snapshot(); state {
 		case stateAwake:
-			w.awake(ctx)
+			if d := w.awake(ctx); d > 0 {
+				w.wait(ctx, d)
+			}
 		case stateAsleep:
-			w.asleep(ctx)
+			if w.wait(ctx, w.iv.asleepPoll) {
+				w.pollStatus(ctx)
+			}
 		case stateError:
 			if w.wait(ctx, w.cfg.ErrorRetry) {
 				w.changeStatus(ctx, stateAwake)
@@ -146,12 +153,11 @@ func (w *worker) wait(ctx context.Context, d time.Duration) bool {
 }
 
 // awake is one fetch iteration: back-pressure, pre-task checks, POST /task,
-// and running what it brings.
-func (w *worker) awake(ctx context.Context) {
+// and running what it brings. It returns how long to wait before the next.
+func (w *worker) awake(ctx context.Context) time.Duration {
 	if n := w.q.len(); n > w.iv.queueLimit {
 		w.logger.Warn("task update queue too large, waiting until it shrinks", "queued", n, "limit", w.iv.queueLimit)
-		w.wait(ctx, w.iv.fetchFailed)
-		return
+		return w.iv.fetchFailed
 	}
 	if err := preTaskChecks(w.cfg.PreTaskChecks); err != nil {
 		w.logger.Error("pre-task check failed, waiting until it succeeds", "err", err)
@@ -159,37 +165,36 @@ func (w *worker) awake(ctx context.Context) {
 		w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(w.cfg.ErrorRetry).Format("15:04"))
 		w.mu.Unlock()
 		w.changeStatus(ctx, stateError)
-		return
+		return 0
 	}
 	resp, err := w.mgr.fetchTask(ctx)
 	switch {
 	case ctx.Err() != nil:
+		return 0
 	case err != nil:
 		w.logger.Warn("cannot fetch a task, will retry", "err", err, "retry_in", w.iv.fetchFailed)
-		w.wait(ctx, w.iv.fetchFailed)
 	case resp.status == http.StatusOK:
-		w.runFetched(ctx, resp.body)
+		return w.runFetched(ctx, resp.body)
 	case resp.status == http.StatusNoContent:
 		w.logger.Debug("no task available")
-		w.wait(ctx, w.iv.fetchEmpty)
+		return w.iv.fetchEmpty
 	case resp.status == http.StatusLocked:
 		if status, err := decodeStatusRequested(resp.body); err == nil {
 			w.logger.Info("status change requested when fetching a task", "status", status)
 			w.changeStatus(ctx, status)
-			return
+			return 0
 		}
 		w.logger.Warn("Manager answered 423 without a usable status", "response", resp.String())
-		w.wait(ctx, w.iv.fetchFailed)
 	default:
 		w.logger.Warn("error fetching a task, will retry", "response", resp.String(), "retry_in", w.iv.fetchFailed)
-		w.wait(ctx, w.iv.fetchFailed)
 	}
+	return w.iv.fetchFailed
 }
 
 // runFetched decodes and runs a task, then waits until its final update
 // has been delivered: the Manager hands a worker its own still-active task
 // again, so fetching before that would run the same task twice.
-func (w *worker) runFetched(ctx context.Context, body []byte) {
+func (w *worker) runFetched(ctx context.Context, body []byte) time.Duration {
 	t, err := decodeTask(body)
 	if err != nil {
 		// Failed if it has an id, so that the Manager does not hand it out
@@ -200,8 +205,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		if id := taskIDOf(body); id != "" {
 			w.refuseTask(id, "Worker cannot read this task: "+err.Error())
 		}
-		w.wait(ctx, delay)
-		return
+		return delay
 	}
 	w.badTasks = 0
 	w.logger.Info("received task", "task_id", t.ID)
@@ -209,8 +213,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 	// A Manager task id is a 24-hex ObjectId (spec/manager-v2.md §1.1), in either case.
 	if _, err := hex.DecodeString(t.ID); len(t.ID) != 24 || err != nil {
 		w.refuseTask(t.ID, fmt.Sprintf("task id %q is not a Manager task id (24 hexadecimal digits): not running it", t.ID))
-		w.wait(ctx, w.iv.fetchFailed)
-		return
+		return w.iv.fetchFailed
 	}
 	w.runTask(ctx, t)
 	w.commitPending()
@@ -221,6 +224,7 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		w.logger.Info("running in single-task mode, exiting")
 		w.setState(stateShutdown)
 	}
+	return 0
 }
 
 // taskIDOf is the _id of a task document that did not decode, if it is a string.
@@ -250,8 +254,7 @@ func failTask(rep *reporter, msg string) {
 	rep.setStatus("failed", msg)
 }
 
-// runTask executes one task and reports its outcome, unless it was taken
-// away or the worker is shutting down, in which case no status is sent.
+// runTask executes one task and reports its outcome.
 func (w *worker) runTask(ctx context.Context, t *task) {
 	taskCtx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
@@ -328,8 +331,7 @@ func (w *worker) returnTask(ctx context.Context, taskID string, rep *reporter, w
 	rep.log(who + " returned this task to the Manager queue.")
 }
 
-// commitPending waits until every update handed to the committer so far is
-// in the queue.
+// commitPending waits until every update handed to the committer is queued.
 func (w *worker) commitPending() {
 	done := make(chan struct{})
 	w.out <- outgoing{done: done}
@@ -405,13 +407,14 @@ func (w *worker) ack(ctx context.Context, status string) {
 }
 
 // enter goes to the state a status request leads to, and notes why the
-// worker sleeps; it returns that state, or "" if nothing changes.
+// worker sleeps (always set while asleep); it returns that state, or "" if
+// nothing changes.
 func (w *worker) enter(status string) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch status {
 	case sleepLocal:
-		if w.state != stateAsleep || w.asleepBy == "" {
+		if w.state != stateAsleep { // a sleep the Manager asked for stays its sleep
 			w.asleepBy = asleepBySignal
 		}
 		status = stateAsleep
@@ -443,11 +446,8 @@ func (w *worker) enter(status string) string {
 	return status
 }
 
-// asleep polls /status-change until the Manager wakes us.
-func (w *worker) asleep(ctx context.Context) {
-	if !w.wait(ctx, w.iv.asleepPoll) {
-		return
-	}
+// pollStatus asks the Manager, while asleep, whether to wake up.
+func (w *worker) pollStatus(ctx context.Context) {
 	status, err := w.mgr.statusChange(ctx)
 	if err != nil && ctx.Err() == nil {
 		w.logger.Warn("cannot poll for a status change, will retry", "err", err)
@@ -466,9 +466,7 @@ func truncate(s string, n int) string {
 
 // summary is the one-paragraph state report of SIGUSR1.
 func (w *worker) summary() string {
-	w.mu.Lock()
-	state, cur := w.state, w.current
-	w.mu.Unlock()
+	state, cur, _, _ := w.snapshot()
 	s := fmt.Sprintf("state: %s; ", state)
 	if cur == nil {
 		s += "no task running; "
@@ -498,9 +496,8 @@ func every(ctx context.Context, d time.Duration, f func() bool) {
 	}
 }
 
-// pingWhileAlive pings systemd's watchdog every timeout/4, but only while no
-// loop is stuck for longer than timeout/2; a stuck loop stops the pings and
-// systemd restarts the worker. It ends with ctx.
+// pingWhileAlive pings systemd's watchdog every timeout/4 while no loop is
+// stuck for over timeout/2, so that systemd restarts a stuck worker.
 func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
 	if timeout <= 0 {
 		return
@@ -520,9 +517,7 @@ func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
 
 // statusLine says what the worker does, for systemctl status.
 func (w *worker) statusLine() string {
-	w.mu.Lock()
-	state, cur, asleepBy, trouble := w.state, w.current, w.asleepBy, w.trouble
-	w.mu.Unlock()
+	state, cur, asleepBy, trouble := w.snapshot()
 	var s string
 	switch {
 	case state == stateShutdown:
@@ -530,10 +525,8 @@ func (w *worker) statusLine() string {
 	case cur != nil:
 		act, _ := cur.rep.snapshot()
 		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
-	case state == stateAsleep && asleepBy != "":
-		s = "asleep (" + asleepBy + ")"
 	case state == stateAsleep:
-		s = "asleep"
+		s = "asleep (" + asleepBy + ")"
 	case state == stateError:
 		s = "error: " + trouble
 	default:
@@ -549,8 +542,8 @@ func (w *worker) statusLine() string {
 	return s
 }
 
-// reportStatus keeps systemd's STATUS= line current: it sends the line
-// when it changed, at most once every interval. It ends with ctx.
+// reportStatus sends systemd's STATUS= line when it changed, at most once
+// every interval, until ctx ends.
 func (w *worker) reportStatus(ctx context.Context, interval time.Duration) {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return
