@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,12 +14,20 @@ import (
 	"time"
 )
 
-// Worker states (spec/python-worker.md §6.1). "testing" is only reported.
+// Worker states (spec/python-worker.md §6.1; "testing" is only reported),
+// the local signals' requests (a local wake-up does not override a sleep
+// the Manager asked for) and why the worker is asleep (for STATUS=).
 const (
 	stateAwake    = "awake"
 	stateAsleep   = "asleep"
 	stateError    = "error"
 	stateShutdown = "shutting-down"
+
+	sleepLocal = "asleep (SIGTSTP)"
+	wakeLocal  = "awake (signal)"
+
+	asleepByManager = "requested by the Manager"
+	asleepBySignal  = "SIGTSTP"
 )
 
 // Why a running task was stopped; the cause decides what is reported.
@@ -39,19 +48,15 @@ type worker struct {
 	out      chan outgoing
 	iv       intervals
 	single   bool // -1: one task, then shut down
-	badTasks int  // task documents in a row that could not be decoded; only the main loop uses it
+	badTasks int  // undecodable task documents in a row (main loop only)
 	requests chan string
+	live     *liveness // heartbeats for the watchdog (systemd.go)
+	stopped  sync.Map  // task ids the Manager told us to stop: their queued updates go without a status
 
-	mu      sync.Mutex
-	state   string
-	current *runningTask
-	// Under mu too: why the worker is asleep (asleepByManager, asleepBySignal),
-	// and why it is in the error state (noteTrouble), for STATUS=.
-	asleepBy, trouble string
-
-	live *liveness // heartbeats for the watchdog (systemd.go)
-
-	stopped map[string]bool // tasks the Manager told us to stop: their queued updates go without a status
+	mu                sync.Mutex
+	state             string
+	current           *runningTask
+	asleepBy, trouble string // why asleep, why in the error state: for STATUS=
 }
 
 // runningTask is the task being executed, as seen from other goroutines.
@@ -70,18 +75,16 @@ func newWorker(cfg *Config, mgr *manager, q *queue, env *runEnv, out chan outgoi
 	}
 }
 
-// getState returns the worker state.
-func (w *worker) getState() string {
+// snapshot is what the loop, SIGUSR1 and STATUS= read under mu.
+func (w *worker) snapshot() (state string, cur *runningTask, asleepBy, trouble string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.state
+	return w.state, w.current, w.asleepBy, w.trouble
 }
 
-func (w *worker) setState(s string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.state = s
-}
+func (w *worker) setState(s string) { w.mu.Lock(); defer w.mu.Unlock(); w.state = s }
+
+func (w *worker) setCurrent(rt *runningTask) { w.mu.Lock(); defer w.mu.Unlock(); w.current = rt }
 
 // request asks the main loop to change status (from a signal or a
 // may-i-run answer). Going asleep stops a running task at once; the rest
@@ -103,8 +106,7 @@ func (w *worker) request(status string) {
 	}
 }
 
-// loop is the worker's main loop; it returns when ctx ends or the worker
-// shuts down on request.
+// loop is the worker's main loop; it ends with ctx or on a shutdown request.
 func (w *worker) loop(ctx context.Context) {
 	ctx = w.live.in(ctx, "fetch")
 	for ctx.Err() == nil {
@@ -115,11 +117,15 @@ func (w *worker) loop(ctx context.Context) {
 			continue
 		default:
 		}
-		switch w.getState() {
+		switch state, _, _, _ := w.snapshot(); state {
 		case stateAwake:
-			w.awake(ctx)
+			if d := w.awake(ctx); d > 0 {
+				w.wait(ctx, d)
+			}
 		case stateAsleep:
-			w.asleep(ctx)
+			if w.wait(ctx, w.iv.asleepPoll) {
+				w.pollStatus(ctx)
+			}
 		case stateError:
 			if w.wait(ctx, w.cfg.ErrorRetry) {
 				w.changeStatus(ctx, stateAwake)
@@ -147,49 +153,48 @@ func (w *worker) wait(ctx context.Context, d time.Duration) bool {
 }
 
 // awake is one fetch iteration: back-pressure, pre-task checks, POST /task,
-// and running what it brings.
-func (w *worker) awake(ctx context.Context) {
+// and running what it brings. It returns how long to wait before the next.
+func (w *worker) awake(ctx context.Context) time.Duration {
 	if n := w.q.len(); n > w.iv.queueLimit {
 		w.logger.Warn("task update queue too large, waiting until it shrinks", "queued", n, "limit", w.iv.queueLimit)
-		w.wait(ctx, w.iv.fetchFailed)
-		return
+		return w.iv.fetchFailed
 	}
 	if err := preTaskChecks(w.cfg.PreTaskChecks); err != nil {
 		w.logger.Error("pre-task check failed, waiting until it succeeds", "err", err)
-		w.noteTrouble(err, w.cfg.ErrorRetry)
+		w.mu.Lock()
+		w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(w.cfg.ErrorRetry).Format("15:04"))
+		w.mu.Unlock()
 		w.changeStatus(ctx, stateError)
-		return
+		return 0
 	}
 	resp, err := w.mgr.fetchTask(ctx)
 	switch {
 	case ctx.Err() != nil:
+		return 0
 	case err != nil:
 		w.logger.Warn("cannot fetch a task, will retry", "err", err, "retry_in", w.iv.fetchFailed)
-		w.wait(ctx, w.iv.fetchFailed)
 	case resp.status == http.StatusOK:
-		w.runFetched(ctx, resp.body)
+		return w.runFetched(ctx, resp.body)
 	case resp.status == http.StatusNoContent:
 		w.logger.Debug("no task available")
-		w.wait(ctx, w.iv.fetchEmpty)
+		return w.iv.fetchEmpty
 	case resp.status == http.StatusLocked:
-		status, err := decodeStatusRequested(resp.body)
-		if err != nil {
-			w.logger.Warn("Manager answered 423 without a usable status", "response", resp.String())
-			w.wait(ctx, w.iv.fetchFailed)
-			return
+		if status, err := decodeStatusRequested(resp.body); err == nil {
+			w.logger.Info("status change requested when fetching a task", "status", status)
+			w.changeStatus(ctx, status)
+			return 0
 		}
-		w.logger.Info("status change requested when fetching a task", "status", status)
-		w.changeStatus(ctx, status)
+		w.logger.Warn("Manager answered 423 without a usable status", "response", resp.String())
 	default:
 		w.logger.Warn("error fetching a task, will retry", "response", resp.String(), "retry_in", w.iv.fetchFailed)
-		w.wait(ctx, w.iv.fetchFailed)
 	}
+	return w.iv.fetchFailed
 }
 
 // runFetched decodes and runs a task, then waits until its final update
 // has been delivered: the Manager hands a worker its own still-active task
 // again, so fetching before that would run the same task twice.
-func (w *worker) runFetched(ctx context.Context, body []byte) {
+func (w *worker) runFetched(ctx context.Context, body []byte) time.Duration {
 	t, err := decodeTask(body)
 	if err != nil {
 		// Failed if it has an id, so that the Manager does not hand it out
@@ -200,16 +205,15 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		if id := taskIDOf(body); id != "" {
 			w.refuseTask(id, "Worker cannot read this task: "+err.Error())
 		}
-		w.wait(ctx, delay)
-		return
+		return delay
 	}
 	w.badTasks = 0
 	w.logger.Info("received task", "task_id", t.ID)
 	w.live.waiting("fetch", forever) // a task bounds its own time (subprocess and task timeouts)
-	if !plausibleTaskID(t.ID) {
+	// A Manager task id is a 24-hex ObjectId (spec/manager-v2.md §1.1), in either case.
+	if _, err := hex.DecodeString(t.ID); len(t.ID) != 24 || err != nil {
 		w.refuseTask(t.ID, fmt.Sprintf("task id %q is not a Manager task id (24 hexadecimal digits): not running it", t.ID))
-		w.wait(ctx, w.iv.fetchFailed)
-		return
+		return w.iv.fetchFailed
 	}
 	w.runTask(ctx, t)
 	w.commitPending()
@@ -220,52 +224,37 @@ func (w *worker) runFetched(ctx context.Context, body []byte) {
 		w.logger.Info("running in single-task mode, exiting")
 		w.setState(stateShutdown)
 	}
+	return 0
 }
 
-// taskIDOf is the _id of a task document that did not decode, if it has a
-// string one.
+// taskIDOf is the _id of a task document that did not decode, if it is a string.
 func taskIDOf(body []byte) string {
 	var doc struct {
-		ID json.RawMessage `json:"_id"`
+		ID any `json:"_id"`
 	}
-	var id string
-	if json.Unmarshal(body, &doc) != nil || json.Unmarshal(doc.ID, &id) != nil {
-		return ""
-	}
+	json.Unmarshal(body, &doc) // a document that is not even JSON leaves ID nil
+	id, _ := doc.ID.(string)
 	return id
 }
 
-// plausibleTaskID reports whether id can be a Manager v2 task id: a
-// 24-hex ObjectId (spec/manager-v2.md §1.1; either case, as the Manager's
-// own check accepts).
-func plausibleTaskID(id string) bool {
-	if len(id) != 24 {
-		return false
-	}
-	for _, c := range []byte(id) {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-			return false
-		}
-	}
-	return true
-}
-
-// refuseTask fails a task the worker will not run, without running it:
-// one error log line, and a failed update unless the id cannot even be put
-// in a URL path.
+// refuseTask fails a task without running it, unless the id cannot even be
+// put in a URL path.
 func (w *worker) refuseTask(id, reason string) {
 	w.logger.Error("failing a task without running it", "task_id", id, "reason", reason)
-	if id == "" || id == "." || id == ".." {
-		return
+	if id != "" && id != "." && id != ".." {
+		rep := newReporter(id, w.cfg, w.out)
+		failTask(rep, reason)
+		rep.close()
 	}
-	rep := newReporter(id, w.cfg, w.out)
-	rep.log(reason)
-	rep.setStatus("failed", reason)
-	rep.close()
 }
 
-// runTask executes one task and reports its outcome, unless it was taken
-// away or the worker is shutting down, in which case no status is sent.
+// failTask writes msg to the task log, and fails the task with it.
+func failTask(rep *reporter, msg string) {
+	rep.log(msg)
+	rep.setStatus("failed", msg)
+}
+
+// runTask executes one task and reports its outcome.
 func (w *worker) runTask(ctx context.Context, t *task) {
 	taskCtx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
@@ -276,22 +265,18 @@ func (w *worker) runTask(ctx context.Context, t *task) {
 	}
 	rep := newReporter(t.ID, w.cfg, w.out)
 	rep.nCommands = max(len(t.Commands), 1)
-	w.markStopped(t.ID, false) // given to us again: ours again
+	w.stopped.Delete(t.ID) // given to us again: ours again
 	w.setCurrent(&runningTask{id: t.ID, rep: rep, abort: abort})
 	defer w.setCurrent(nil)
 
 	rep.setStatus("active", "")
-	pollDone := make(chan struct{})
-	go func() { // ends when the task ends (taskCtx is cancelled by the deferred abort)
-		defer close(pollDone)
-		w.pollMayIRun(taskCtx, t.ID, rep, abort)
-	}()
-
+	var poll sync.WaitGroup
+	poll.Go(func() { w.pollMayIRun(taskCtx, t.ID) }) // ends when the task ends (abort below)
 	ok, err := runCommands(taskCtx, t, rep, w.env)
 	rep.log("Aggregated task timing info: " + rep.timingJSON())
 	w.report(ctx, taskCtx, t.ID, rep, ok, err)
 	abort(nil)
-	<-pollDone
+	poll.Wait()
 }
 
 // report sends a finished task's outcome according to why it ended.
@@ -303,70 +288,58 @@ func (w *worker) report(ctx, taskCtx context.Context, taskID string, rep *report
 		rep.silence()
 		rep.log("Worker is shutting down; the Manager re-queues this task when the worker signs off")
 	case errors.Is(cause, errNotAllowed), errors.Is(cause, errTaskGone):
-		rep.silence()
 		id, _ := w.mgr.credentials()
-		rep.logf("Worker %s (%s) stopped running this task, no longer allowed to run by Manager", id, w.mgr.nickname)
+		who := fmt.Sprintf("Worker %s (%s)", id, w.mgr.nickname)
+		rep.log(who + " stopped running this task, no longer allowed to run by Manager")
 		if errors.Is(cause, errNotAllowed) {
 			rep.flush()
-			w.returnTask(ctx, taskID, rep)
+			w.returnTask(ctx, taskID, rep, who)
 		}
 	case errors.Is(cause, errGoingAsleep):
 		rep.setStatus("canceled", "Task was canceled")
 	case errors.Is(cause, errTaskTimeout):
-		msg := fmt.Sprintf("Task timed out after %d seconds (task_timeout_seconds)", int(w.cfg.TaskTimeout.Seconds()))
-		rep.log(msg)
-		rep.setStatus("failed", msg)
+		failTask(rep, fmt.Sprintf("Task timed out after %d seconds (task_timeout_seconds)", int(w.cfg.TaskTimeout.Seconds())))
 	default:
 		reportOutcome(rep, ok, err)
 	}
 }
 
-// reportOutcome sends the status of a task that ran to its end: completed,
-// or failed with the error (a task-level problem such as an unknown
-// command) or with the failing command's activity left as it was.
+// reportOutcome sends the status of a task that ran to its end.
 func reportOutcome(rep *reporter, ok bool, err error) {
 	switch {
 	case ok:
 		rep.setStatus("completed", "Task completed")
-	case err != nil:
-		rep.log("Task failed: " + err.Error())
-		rep.setStatus("failed", "Task failed: "+err.Error())
-	default:
+	case err != nil: // a task-level problem, such as an unknown command
+		failTask(rep, "Task failed: "+err.Error())
+	default: // the failing command's activity stays as it was
 		rep.setStatus("failed", "")
 	}
 }
 
 // returnTask gives an aborted task back to the Manager's queue, after its
 // pending updates have had one chance to go out.
-func (w *worker) returnTask(ctx context.Context, taskID string, rep *reporter) {
+func (w *worker) returnTask(ctx context.Context, taskID string, rep *reporter, who string) {
 	w.commitPending()
 	if err := w.q.flush(ctx, w.deliverer()); err != nil {
 		w.logger.Warn("some task updates are still queued", "err", err)
 	}
-	id, _ := w.mgr.credentials()
 	if err := w.mgr.returnTask(ctx, taskID); err != nil {
 		w.logger.Warn("cannot return the task to the Manager", "task_id", taskID, "err", err)
-		rep.logf("Worker %s (%s) could not return this task to the Manager queue", id, w.mgr.nickname)
+		rep.log(who + " could not return this task to the Manager queue")
 		return
 	}
-	rep.logf("Worker %s (%s) returned this task to the Manager queue.", id, w.mgr.nickname)
+	rep.log(who + " returned this task to the Manager queue.")
 }
 
-// commitPending waits until every update handed to the committer so far is
-// in the queue.
+// commitPending waits until every update handed to the committer is queued.
 func (w *worker) commitPending() {
 	done := make(chan struct{})
 	w.out <- outgoing{done: done}
 	<-done
 }
 
-func (w *worker) setCurrent(rt *runningTask) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.current = rt
-}
-
-// abortTask stops the running task if it is taskID ("" = whatever runs).
+// abortTask stops the running task if it is taskID ("" = whatever runs);
+// only going asleep still reports its status.
 func (w *worker) abortTask(taskID string, cause error) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -383,34 +356,23 @@ func (w *worker) abortTask(taskID string, cause error) bool {
 // pollMayIRun asks the Manager every may_i_run_interval whether the task
 // may keep running. A bad answer or a network error is logged and the
 // poll goes on: one odd answer must not end the checking for good.
-func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, abort context.CancelCauseFunc) {
-	tick := time.NewTicker(w.cfg.MayIRunInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+func (w *worker) pollMayIRun(ctx context.Context, taskID string) {
+	every(ctx, w.cfg.MayIRunInterval, func() bool {
 		answer, err := w.mgr.mayIRun(ctx, taskID)
-		if err != nil {
-			if ctx.Err() == nil {
-				w.logger.Warn("unable to query may-i-run, will ask again", "task_id", taskID, "err", err)
-			}
-			continue
+		if err != nil && ctx.Err() == nil {
+			w.logger.Warn("unable to query may-i-run, will ask again", "task_id", taskID, "err", err)
 		}
-		if *answer.MayKeepRunning {
-			continue
+		if err != nil || *answer.MayKeepRunning {
+			return true
 		}
 		w.logger.Warn("not allowed to keep running task", "task_id", taskID, "reason", answer.Reason)
-		w.markStopped(taskID, true)
-		rep.silence()
-		abort(errNotAllowed)
+		w.stopped.Store(taskID, true)
+		w.abortTask(taskID, errNotAllowed)
 		if answer.StatusRequested != "" {
 			w.request(answer.StatusRequested)
 		}
-		return
-	}
+		return false
+	})
 }
 
 // deliverer connects the queue to the Manager. An update refused with 404
@@ -418,10 +380,10 @@ func (w *worker) pollMayIRun(ctx context.Context, taskID string, rep *reporter, 
 func (w *worker) deliverer() deliverer {
 	return deliverer{
 		send:    w.mgr.postUpdate,
-		stopped: w.isStopped,
+		stopped: func(taskID string) bool { _, ok := w.stopped.Load(taskID); return ok },
 		rejected: func(taskID string, status int) {
 			if status == http.StatusNotFound || status == http.StatusConflict {
-				w.markStopped(taskID, true)
+				w.stopped.Store(taskID, true)
 				if w.abortTask(taskID, errTaskGone) {
 					w.logger.Warn("aborting the running task: the Manager refused its update", "task_id", taskID, "status", status)
 				}
@@ -430,50 +392,11 @@ func (w *worker) deliverer() deliverer {
 	}
 }
 
-// markStopped records that the Manager told us to stop taskID (or, with
-// false, that it gave the task to us again). The updates queued before we
-// knew keep their log lines, but must not claim the task is still active.
-func (w *worker) markStopped(taskID string, stopped bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	switch {
-	case stopped && w.stopped == nil:
-		w.stopped = map[string]bool{taskID: true}
-	case stopped:
-		w.stopped[taskID] = true
-	default:
-		delete(w.stopped, taskID)
-	}
-}
-
-func (w *worker) isStopped(taskID string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stopped[taskID]
-}
-
 // changeStatus applies a status requested by the Manager or a signal
 // (spec/python-worker.md §6.3) and acknowledges it.
 func (w *worker) changeStatus(ctx context.Context, status string) {
-	if status = w.localRequest(status); status == "" {
-		return
-	}
-	switch status {
-	case stateAwake:
-		w.setState(stateAwake)
-		w.ack(ctx, stateAwake)
-	case stateShutdown, "shutdown":
-		w.logger.Info("the Manager asked us to shut down")
-		w.setState(stateShutdown)
-	case stateError:
-		w.setState(stateError)
-		w.ack(ctx, stateError)
-	default:
-		if status != stateAsleep {
-			w.logger.Warn("we have no way to go to this status, going to sleep instead", "status", status)
-		}
-		w.setState(stateAsleep)
-		w.ack(ctx, stateAsleep)
+	if status = w.enter(status); status != "" && status != stateShutdown {
+		w.ack(ctx, status)
 	}
 }
 
@@ -483,18 +406,53 @@ func (w *worker) ack(ctx context.Context, status string) {
 	}
 }
 
-// asleep polls /status-change until the Manager wakes us.
-func (w *worker) asleep(ctx context.Context) {
-	if !w.wait(ctx, w.iv.asleepPoll) {
-		return
-	}
-	status, err := w.mgr.statusChange(ctx)
-	switch {
-	case err != nil:
-		if ctx.Err() == nil {
-			w.logger.Warn("cannot poll for a status change, will retry", "err", err)
+// enter goes to the state a status request leads to, and notes why the
+// worker sleeps (always set while asleep); it returns that state, or "" if
+// nothing changes.
+func (w *worker) enter(status string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch status {
+	case sleepLocal:
+		if w.state != stateAsleep { // a sleep the Manager asked for stays its sleep
+			w.asleepBy = asleepBySignal
 		}
-	case status != "":
+		status = stateAsleep
+	case wakeLocal:
+		if w.state != stateAsleep {
+			return "" // already awake (or in error, which ends by itself)
+		}
+		if w.asleepBy == asleepByManager {
+			w.logger.Info("staying asleep: the Manager asked for it; wake the worker from the Manager")
+			return ""
+		}
+		w.logger.Info("SIGCONT or SIGUSR2: waking up")
+		status, w.asleepBy = stateAwake, ""
+	case stateShutdown, "shutdown":
+		w.logger.Info("the Manager asked us to shut down")
+		status, w.asleepBy = stateShutdown, ""
+	case stateAwake, stateError:
+		w.asleepBy = ""
+	default:
+		if status != stateAsleep {
+			w.logger.Warn("we have no way to go to this status, going to sleep instead", "status", status)
+		}
+		status, w.asleepBy = stateAsleep, asleepByManager
+	}
+	if status == stateAwake {
+		w.trouble = ""
+	}
+	w.state = status
+	return status
+}
+
+// pollStatus asks the Manager, while asleep, whether to wake up.
+func (w *worker) pollStatus(ctx context.Context) {
+	status, err := w.mgr.statusChange(ctx)
+	if err != nil && ctx.Err() == nil {
+		w.logger.Warn("cannot poll for a status change, will retry", "err", err)
+	}
+	if err == nil && status != "" {
 		w.changeStatus(ctx, status)
 	}
 }
@@ -508,9 +466,7 @@ func truncate(s string, n int) string {
 
 // summary is the one-paragraph state report of SIGUSR1.
 func (w *worker) summary() string {
-	w.mu.Lock()
-	state, cur := w.state, w.current
-	w.mu.Unlock()
+	state, cur, _, _ := w.snapshot()
 	s := fmt.Sprintf("state: %s; ", state)
 	if cur == nil {
 		s += "no task running; "
@@ -524,95 +480,44 @@ func (w *worker) summary() string {
 	return s + fmt.Sprintf("%d task updates queued.", w.q.len())
 }
 
-// Status requests that come from a local signal rather than the Manager:
-// a local wake-up does not override a sleep the Manager asked for.
-const (
-	sleepLocal = "asleep (SIGTSTP)"
-	wakeLocal  = "awake (signal)"
-)
-
-// Why the worker is asleep, for the log and systemd's STATUS= line.
-const (
-	asleepByManager = "requested by the Manager"
-	asleepBySignal  = "SIGTSTP"
-)
-
-// localRequest applies what a status request means for the reason the
-// worker sleeps, and turns a local request into the status to go to; ""
-// means: nothing to do. Called by changeStatus, on the main loop.
-func (w *worker) localRequest(status string) string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	switch status {
-	case sleepLocal:
-		if w.state != stateAsleep || w.asleepBy == "" {
-			w.asleepBy = asleepBySignal
-		}
-		return stateAsleep
-	case wakeLocal:
-		switch {
-		case w.state == stateAsleep && w.asleepBy == asleepByManager:
-			w.logger.Info("staying asleep: the Manager asked for it; wake the worker from the Manager")
-			return ""
-		case w.state != stateAsleep:
-			return "" // already awake (or in error, which ends by itself)
-		}
-		w.logger.Info("SIGCONT or SIGUSR2: waking up")
-		w.asleepBy = ""
-		return stateAwake
-	case stateAwake, stateError, stateShutdown, "shutdown":
-		w.asleepBy = ""
-		if status == stateAwake {
-			w.trouble = ""
-		}
-	default: // asleep, or a status we cannot go to, which means asleep
-		w.asleepBy = asleepByManager
-	}
-	return status
-}
-
-// pingWhileAlive pings systemd's watchdog every timeout/4, but only while no
-// loop is stuck for longer than timeout/2; a stuck loop stops the pings and
-// systemd restarts the worker. It ends with ctx.
-func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
-	if timeout <= 0 {
-		return
-	}
-	tick := time.NewTicker(timeout / 4)
+// every calls f every d until f returns false or ctx ends.
+func every(ctx context.Context, d time.Duration, f func() bool) {
+	tick := time.NewTicker(d)
 	defer tick.Stop()
-	warned := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		stuck := w.live.stale(timeout / 2)
-		if len(stuck) == 0 {
-			sdNotify("WATCHDOG=1")
-			warned = false
-			continue
-		}
-		if !warned {
-			w.logger.Error("a loop of the worker is stuck: no more watchdog pings, systemd will restart the worker", "loops", strings.Join(stuck, ","))
-			warned = true
+		if !f() {
+			return
 		}
 	}
 }
 
-// noteTrouble records why the worker goes to the error state and when it
-// tries again, for the STATUS= line; waking up clears it.
-func (w *worker) noteTrouble(err error, retry time.Duration) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.trouble = fmt.Sprintf("%v, retrying at %s", err, time.Now().Add(retry).Format("15:04"))
+// pingWhileAlive pings systemd's watchdog every timeout/4 while no loop is
+// stuck for over timeout/2, so that systemd restarts a stuck worker.
+func (w *worker) pingWhileAlive(ctx context.Context, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	warned := false
+	every(ctx, timeout/4, func() bool {
+		stuck := w.live.stale(timeout / 2)
+		if len(stuck) == 0 {
+			sdNotify("WATCHDOG=1")
+		} else if !warned {
+			w.logger.Error("a loop of the worker is stuck: no more watchdog pings, systemd will restart the worker", "loops", strings.Join(stuck, ","))
+		}
+		warned = len(stuck) > 0
+		return true
+	})
 }
 
 // statusLine says what the worker does, for systemctl status.
 func (w *worker) statusLine() string {
-	w.mu.Lock()
-	state, cur, asleepBy, trouble := w.state, w.current, w.asleepBy, w.trouble
-	w.mu.Unlock()
+	state, cur, asleepBy, trouble := w.snapshot()
 	var s string
 	switch {
 	case state == stateShutdown:
@@ -620,10 +525,8 @@ func (w *worker) statusLine() string {
 	case cur != nil:
 		act, _ := cur.rep.snapshot()
 		s = fmt.Sprintf("task %s: %s, %d %%", cur.id, truncate(act.Activity, 200), act.TaskProgressPercentage)
-	case state == stateAsleep && asleepBy != "":
-		s = "asleep (" + asleepBy + ")"
 	case state == stateAsleep:
-		s = "asleep"
+		s = "asleep (" + asleepBy + ")"
 	case state == stateError:
 		s = "error: " + trouble
 	default:
@@ -639,24 +542,20 @@ func (w *worker) statusLine() string {
 	return s
 }
 
-// reportStatus keeps systemd's STATUS= line current: it sends the line
-// when it changed, at most once every interval. It ends with ctx.
+// reportStatus sends systemd's STATUS= line when it changed, at most once
+// every interval, until ctx ends.
 func (w *worker) reportStatus(ctx context.Context, interval time.Duration) {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return
 	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
 	last := ""
-	for {
+	send := func() bool {
 		if line := w.statusLine(); line != last {
 			sdNotify("STATUS=" + line)
 			last = line
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+		return true
 	}
+	send()
+	every(ctx, interval, send)
 }
