@@ -244,13 +244,8 @@ func (p *iniParser) flush() {
 
 // clip quotes s for an error message, shortened if long.
 func clip(s string) string {
-	const limit = 60
-	if len(s) > limit {
-		cut := limit
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "..."
+	if c := cutAt(s, 60); c != s {
+		s = c + "..."
 	}
 	return strconv.Quote(s)
 }

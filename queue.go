@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // outgoing is one update on its way to the queue. A nil payload is a
@@ -452,14 +451,11 @@ func encodeUpdate(doc map[string]json.RawMessage, lines []string, lineBytes int)
 // cutText cuts s, valid UTF-8, to about n bytes, with a marker saying how
 // much went.
 func cutText(s string, n int) string {
-	if len(s) <= n {
+	c := cutAt(s, n)
+	if c == s {
 		return s
 	}
-	i := n
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", s[:i], len(s)-i)
+	return fmt.Sprintf("%s… [truncated by the worker: %d bytes]", c, len(s)-len(c))
 }
 
 // errStopping ends a pass the forwarder was told to stop.

@@ -1,6 +1,9 @@
 package main
 
-import "strings"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // redactedPassword replaces the password of a URL's userinfo in output.
 const redactedPassword = "xxxxx"
@@ -35,4 +38,24 @@ func urlPassword(raw string) string {
 	}
 	_, pw, _ := strings.Cut(rest[:at], ":")
 	return pw
+}
+
+// cutAt is the longest prefix of s, valid UTF-8, of at most n bytes that
+// does not split a character: long values are cut short in logs and updates.
+func cutAt(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// truncate is s cut to about n bytes, with "…" where it was cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return cutAt(s, n) + "…"
 }

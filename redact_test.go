@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestRedactURL(t *testing.T) {
@@ -80,6 +81,28 @@ func TestManagerURLPasswordNeverPrinted(t *testing.T) {
 	for i, out := range outputs {
 		if strings.Contains(out, password) {
 			t.Errorf("run %d printed the manager_url password:\n%s", i, out)
+		}
+	}
+}
+
+// TestTruncateKeepsUTF8: a long activity or task body cut for the log
+// (SIGUSR1's summary, the bad-task line) never ends in half a character.
+func TestTruncateKeepsUTF8(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdef", 3, "abc…"},
+		{"ab€cd", 3, "ab…"}, // € is 3 bytes: cut before it, not inside
+		{"ab€cd", 5, "ab€…"},
+		{"€€", 1, "…"},
+	}
+	for _, tt := range tests {
+		got := truncate(tt.in, tt.n)
+		if got != tt.want || !utf8.ValidString(got) {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
 	}
 }

@@ -457,13 +457,6 @@ func (w *worker) pollStatus(ctx context.Context) {
 	}
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 // summary is the one-paragraph state report of SIGUSR1.
 func (w *worker) summary() string {
 	state, cur, _, _ := w.snapshot()
