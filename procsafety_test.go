@@ -368,10 +368,16 @@ func TestRemoveRefusesDangerousPaths(t *testing.T) {
 // alive half a second later, and ignores TERM until KILLed.
 func TestAbortSendsTERMThenKILLAfterGrace(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	ready, termMark, aliveMark := filepath.Join(dir, "ready"), filepath.Join(dir, "term"), filepath.Join(dir, "alive")
-	script := filepath.Join(dir, "stubborn.sh")
-	writeFile(t, script, `trap 'echo term > `+termMark+`; t=1' TERM
+	for _, tc := range []struct{ name, cmd string }{
+		{"the render itself", "sh SCRIPT"},
+		{"a grandchild under a shell", `sh -c "sh SCRIPT; echo after"`}, // TERM goes to the whole group
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			ready, termMark, aliveMark := filepath.Join(dir, "ready"), filepath.Join(dir, "term"), filepath.Join(dir, "alive")
+			script := filepath.Join(dir, "stubborn.sh")
+			writeFile(t, script, `trap 'echo term > `+termMark+`; echo saving after TERM; t=1' TERM
 echo $$ > `+ready+`
 n=0
 while :; do
@@ -379,26 +385,29 @@ while :; do
 	if [ -n "$t" ]; then n=$((n+1)); [ $n -eq 5 ] && echo alive > `+aliveMark+`; fi
 done
 `)
-	cancel, done := runCanceled(t, "exec", `{"cmd": "sh `+script+`"}`, testEnv())
-	pid := waitFile(t, ready)
-	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
-	cancel()
-	var res cmdResult
-	select {
-	case res = <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the aborted command did not return")
-	}
-	if _, err := os.Stat(termMark); err != nil {
-		t.Errorf("the child never ran its TERM trap (was it KILLed first?): %v", err)
-	}
-	if _, err := os.Stat(aliveMark); err != nil {
-		t.Errorf("the child was not alive 0.5 s after TERM (KILLed before the grace ended?): %v", err)
-	}
-	if !strings.Contains(res.logText(), "did not stop in 2 seconds, going to KILL it") {
-		t.Errorf("log lacks the KILL line:\n%s", res.logText())
-	}
-	if processAlive(pid) {
-		t.Errorf("the child %d outlived the abort", pid)
+			settings := `{"cmd": ` + strconv.Quote(strings.ReplaceAll(tc.cmd, "SCRIPT", script)) + `}`
+			cancel, done := runCanceled(t, "exec", settings, testEnv())
+			pid := waitFile(t, ready)
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+			cancel()
+			var res cmdResult
+			select {
+			case res = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the aborted command did not return")
+			}
+			if _, err := os.Stat(termMark); err != nil {
+				t.Errorf("the trapping process never ran its TERM trap (KILLed first, or not sent TERM?): %v", err)
+			}
+			if _, err := os.Stat(aliveMark); err != nil {
+				t.Errorf("the trapping process was not alive 0.5 s after TERM (KILLed before the grace ended?): %v", err)
+			}
+			if processAlive(pid) {
+				t.Errorf("the trapping process %d outlived the abort", pid)
+			}
+			if !strings.Contains(res.logText(), "> saving after TERM") {
+				t.Errorf("what the process wrote after the TERM is not in the log:\n%s", res.logText())
+			}
+		})
 	}
 }

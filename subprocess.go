@@ -72,6 +72,8 @@ func (c *cmdCtx) subprocess(ctx context.Context, argv []string, onLine func(line
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if !termAt.IsZero() && ws.Signal() == syscall.SIGKILL && time.Since(termAt) >= c.env.killGrace {
 		c.logf("Process pid=%d did not stop in %d seconds, going to KILL it", p.pid, int(c.env.killGrace.Seconds()))
+	} else if !termAt.IsZero() {
+		c.graceForGroup(p, termAt)
 	}
 	c.killLeftovers(p)
 	if termAt.IsZero() {
@@ -117,6 +119,22 @@ func (c *cmdCtx) watchSilence(ctx context.Context, p *proc, r *os.File, cancel c
 			return
 		}
 		suspect = silent
+	}
+}
+
+// graceForGroup gives the rest of the group, which got the TERM with its
+// leader, what is left of the grace before killLeftovers KILLs it: a
+// render under a wrapper shell that exits at once keeps its grace.
+func (c *cmdCtx) graceForGroup(p *proc, termAt time.Time) {
+	for deadline := termAt.Add(c.env.killGrace); ; time.Sleep(20 * time.Millisecond) {
+		left := groupMembers(p.pid)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.logf("Processes %v in the process group of pid=%d did not stop in %d seconds, going to KILL them", left, p.pid, int(c.env.killGrace.Seconds()))
+			return
+		}
 	}
 }
 
