@@ -364,8 +364,10 @@ func TestRemoveRefusesDangerousPaths(t *testing.T) {
 
 // TestAbortSendsTERMThenKILLAfterGrace: an aborted command first gets
 // SIGTERM (a render can save its state) and SIGKILL only after the grace
-// period (2 s in testEnv): the child traps TERM, writes a marker, is still
-// alive half a second later, and ignores TERM until KILLed.
+// period (2 s in testEnv): the trapping process writes a marker and a log
+// line, is still alive half a second later, and ignores TERM until KILLed;
+// as the command itself, and as a grandchild under a shell that dies of
+// the TERM at once.
 func TestAbortSendsTERMThenKILLAfterGrace(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ name, cmd string }{
@@ -404,6 +406,9 @@ done
 			}
 			if processAlive(pid) {
 				t.Errorf("the trapping process %d outlived the abort", pid)
+			}
+			if !strings.Contains(res.logText(), "did not stop in 2 seconds, going to KILL") {
+				t.Errorf("log lacks the KILL line:\n%s", res.logText())
 			}
 			if !strings.Contains(res.logText(), "> saving after TERM") {
 				t.Errorf("what the process wrote after the TERM is not in the log:\n%s", res.logText())
