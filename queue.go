@@ -35,13 +35,14 @@ type queue struct {
 	hs     headState  // the head row as the sender knows it; under sendMu
 
 	mu        sync.Mutex
-	size      int             // rows in the table
 	last      int64           // id of the newest row ever enqueued
 	head      int64           // id of the oldest undelivered row; 0 when unknown
 	compacted bool            // the file was shrunk since the queue last emptied
 	changed   chan struct{}   // closed and replaced whenever a row comes or goes
 	passes    chan chan error // flush's requests for a pass, to the running forwarder
 	fwdDone   chan struct{}   // closed while no forwarder runs
+
+	rebuilt func() // tests: runs between the file's rebuild and the queue's bookkeeping
 }
 
 // openQueue opens (creating if needed) the queue file, see openStore.
@@ -75,17 +76,18 @@ func (q *queue) start(ctx context.Context, in <-chan outgoing, d deliverer) (com
 }
 
 func (q *queue) load() error {
-	size, last, err := q.st.count()
+	_, last, err := q.st.count()
 	if err == nil {
-		q.reset(size, last)
+		q.reset(last)
 	}
 	return err
 }
 
-func (q *queue) reset(size int, last int64) {
+// reset forgets the head after the file was recounted (the store keeps the row count).
+func (q *queue) reset(last int64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.size, q.last, q.head, q.compacted = size, max(q.last, last), 0, false
+	q.last, q.head, q.compacted = max(q.last, last), 0, false
 	q.notifyLocked()
 }
 
@@ -97,7 +99,7 @@ func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.size, q.last, q.compacted = q.size+1, id, false
+	q.last, q.compacted = id, false
 	q.notifyLocked()
 	return id, nil
 }
@@ -105,17 +107,12 @@ func (q *queue) enqueue(taskID string, payload []byte) (int64, error) {
 func (q *queue) gone(id int64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.size--
 	q.head = max(q.head, id+1)
 	q.notifyLocked()
 }
 
 // len is the number of undelivered updates, lastID the newest ever enqueued.
-func (q *queue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.size
-}
+func (q *queue) len() int { return int(q.st.rows.Load()) }
 
 func (q *queue) lastID() int64 {
 	q.mu.Lock()
@@ -132,7 +129,7 @@ func (q *queue) notifyLocked() {
 func (q *queue) waitDelivered(ctx context.Context, id int64) error {
 	for {
 		q.mu.Lock()
-		done := q.size == 0 || (q.head != 0 && q.head > id)
+		done := q.len() == 0 || (q.head != 0 && q.head > id)
 		changed := q.changed
 		q.mu.Unlock()
 		if done {
@@ -149,7 +146,7 @@ func (q *queue) waitDelivered(ctx context.Context, id int64) error {
 // compactOnce shrinks the file once per emptying of the queue.
 func (q *queue) compactOnce() {
 	q.mu.Lock()
-	due := q.size == 0 && !q.compacted
+	due := q.len() == 0 && !q.compacted
 	q.compacted = q.compacted || due
 	q.mu.Unlock()
 	if due {
@@ -163,8 +160,11 @@ func (q *queue) rebuild(why, what string) error {
 	head, last := q.head, q.last
 	q.mu.Unlock()
 	size, last, err := q.st.rebuild(why, what, head, last)
+	if q.rebuilt != nil {
+		q.rebuilt()
+	}
 	if size >= 0 {
-		q.reset(size, last)
+		q.reset(last)
 	}
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite" // the pure-Go SQLite driver, so the binary stays static
@@ -51,6 +52,10 @@ type store struct {
 	db      *sql.DB
 	file    os.FileInfo // the file db has open, to notice it being deleted or replaced
 	retryAt time.Time   // after a failed rebuild, when moved may report the file again
+	// rows counts task_updates. It changes only inside the lock of the
+	// write it counts, and rebuild recounts with the lock held exclusively:
+	// no insert can land between a recount and its use.
+	rows atomic.Int64
 }
 
 // queuedUpdate is one row of the queue.
@@ -128,10 +133,13 @@ func (s *store) openDB() error {
 
 func (s *store) close() error { return s.db.Close() }
 
-// count is the number of rows and the newest id. (Unlocked: for rebuild.)
+// count counts the rows (and sets rows) and finds the newest id. (Unlocked:
+// for opening and rebuild.)
 func (s *store) count() (size int, last int64, err error) {
 	var l sql.NullInt64
-	err = s.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &l)
+	if err = s.db.QueryRow(`SELECT count(*), max(id) FROM task_updates`).Scan(&size, &l); err == nil {
+		s.rows.Store(int64(size))
+	}
 	return size, l.Int64, err
 }
 
@@ -142,6 +150,7 @@ func (s *store) insert(taskID string, payload []byte) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	s.rows.Add(1)
 	return res.LastInsertId()
 }
 
@@ -172,7 +181,11 @@ func (s *store) remove(id int64) error {
 	defer conn.Close()
 	_, err = conn.ExecContext(ctx, `PRAGMA synchronous=NORMAL`)
 	if err == nil {
-		_, err = conn.ExecContext(ctx, `DELETE FROM task_updates WHERE id = ?`, id)
+		var res sql.Result
+		if res, err = conn.ExecContext(ctx, `DELETE FROM task_updates WHERE id = ?`, id); err == nil {
+			n, _ := res.RowsAffected() // 0 when a retry finds the row gone
+			s.rows.Add(-n)
+		}
 	}
 	if _, perr := conn.ExecContext(ctx, `PRAGMA synchronous=FULL`); err == nil {
 		err = perr
@@ -251,7 +264,11 @@ func (s *store) setAside(id int64, reason string) (taskID string, _ error) {
 	if _, err := tx.Exec(`DELETE FROM task_updates WHERE id = ?`, id); err != nil {
 		return taskID, err
 	}
-	return taskID, tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return taskID, err
+	}
+	s.rows.Add(-1)
+	return taskID, nil
 }
 
 func asideTime() string { return time.Now().UTC().Format(time.RFC3339) }
